@@ -1,0 +1,91 @@
+"""Reading cases from data files: one CSV row or one JSONL line is one case's inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .errors import PlanError
+from .plan import CaseConfig
+
+MAX_DATA_BYTES = 512 * 1024 * 1024
+
+
+def read_case_file(path: Path, id_column: str | None = None) -> list[CaseConfig]:
+    """Read a ``.csv`` or ``.jsonl`` file into cases.
+
+    When ``id_column`` is set, that column (CSV) or key (JSONL) names the case and is
+    removed from its inputs; otherwise cases are numbered by row.
+    """
+    shown = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise PlanError(shown, [f"unsupported data file type {suffix or '(none)'!r}: use .csv or .jsonl"])
+    try:
+        if path.stat().st_size > MAX_DATA_BYTES:
+            raise PlanError(shown, [f"file is larger than {MAX_DATA_BYTES} bytes"])
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise PlanError(shown, ["data file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(shown, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise PlanError(shown, [f"cannot read data file: {exc.strerror}"]) from None
+    rows = _csv_rows(shown, text) if suffix == ".csv" else _jsonl_rows(shown, text)
+    cases = []
+    for line, row in rows:
+        case_id = None
+        if id_column is not None:
+            if id_column not in row:
+                raise PlanError(shown, [f"line {line}: id_column {id_column!r} is missing"])
+            case_id = str(row.pop(id_column))
+        try:
+            cases.append(CaseConfig(id=case_id, inputs=row))
+        except ValidationError as exc:
+            problem = exc.errors(include_url=False)[0]["msg"]
+            raise PlanError(shown, [f"line {line}: case id {case_id!r}: {problem}"]) from None
+    return cases
+
+
+def _csv_rows(shown: str, text: str) -> list[tuple[int, dict]]:
+    reader = csv.reader(text.splitlines())
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise PlanError(shown, ["CSV file is empty (it needs a header row)"]) from None
+    except csv.Error as exc:
+        raise PlanError(shown, [f"line 1: CSV error: {exc}"]) from None
+    if not header or any(not name.strip() for name in header):
+        raise PlanError(shown, [f"line 1: header has an empty column name: {header!r}"])
+    rows = []
+    try:
+        for values in reader:
+            if not values:
+                continue
+            if len(values) != len(header):
+                raise PlanError(
+                    shown,
+                    [f"line {reader.line_num}: {len(values)} fields, the header has {len(header)}"],
+                )
+            rows.append((reader.line_num, dict(zip(header, values))))
+    except csv.Error as exc:
+        raise PlanError(shown, [f"line {reader.line_num}: CSV error: {exc}"]) from None
+    return rows
+
+
+def _jsonl_rows(shown: str, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise PlanError(shown, [f"line {number}: invalid JSON: {exc}"]) from None
+        if not isinstance(value, dict):
+            raise PlanError(shown, [f"line {number}: expected a JSON object of inputs, got {type(value).__name__}"])
+        rows.append((number, value))
+    return rows

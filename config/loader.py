@@ -1,0 +1,128 @@
+"""Reading a plan from YAML, and turning every problem into one readable PlanError."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .datasets import read_case_file
+from .errors import PlanError
+from .plan import CaseConfig, TestPlan
+
+MAX_PLAN_BYTES = 10 * 1024 * 1024
+
+
+class LoadedPlan:
+    """A validated plan with every dataset's cases resolved (inline and from files)."""
+
+    def __init__(self, path: Path, plan: TestPlan, cases: dict[str, list[CaseConfig]]) -> None:
+        self.path = path
+        self.plan = plan
+        self.cases = cases
+
+    @property
+    def case_count(self) -> int:
+        """Cases after expansion: workflow x case x repeat."""
+        total = 0
+        for dataset in self.plan.datasets:
+            n_workflows = len(dataset.workflows or self.plan.workflows)
+            total += n_workflows * len(self.cases[dataset.name])
+        return total * self.plan.repeat
+
+
+def load_plan(path: str | Path) -> LoadedPlan:
+    """Read, parse and validate a plan file and its data files.
+
+    Raises PlanError naming the file, the field and the value for any problem.
+    """
+    path = Path(path)
+    shown = str(path)
+    try:
+        if path.stat().st_size > MAX_PLAN_BYTES:
+            raise PlanError(shown, [f"file is larger than {MAX_PLAN_BYTES} bytes"])
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PlanError(shown, ["file not found"]) from None
+    except IsADirectoryError:
+        raise PlanError(shown, ["is a directory, not a plan file"]) from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(shown, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    except OSError as exc:
+        raise PlanError(shown, [f"cannot read: {exc.strerror}"]) from None
+
+    raw = parse_yaml(shown, text)
+    try:
+        plan = TestPlan.model_validate(raw)
+    except ValidationError as exc:
+        raise PlanError(shown, format_validation_error(exc)) from None
+
+    cases: dict[str, list[CaseConfig]] = {}
+    problems: list[str] = []
+    for index, dataset in enumerate(plan.datasets):
+        resolved = list(dataset.cases)
+        if dataset.file is not None:
+            data_path = dataset.file if dataset.file.is_absolute() else path.parent / dataset.file
+            try:
+                resolved += read_case_file(data_path, dataset.id_column)
+            except PlanError as exc:
+                problems += [f"datasets[{index}].file ({exc.path}): {p}" for p in exc.problems]
+                continue
+        seen: set[str] = set()
+        for position, case in enumerate(resolved):
+            case_id = case.id or f"{dataset.name}-{position + 1}"
+            if case_id in seen:
+                problems.append(f"datasets[{index}] ({dataset.name}): case id {case_id!r} is used more than once")
+            seen.add(case_id)
+        if not resolved:
+            problems.append(f"datasets[{index}] ({dataset.name}): has no cases")
+        cases[dataset.name] = resolved
+    if problems:
+        raise PlanError(shown, problems)
+    return LoadedPlan(path, plan, cases)
+
+
+def parse_yaml(shown: str, text: str) -> dict[str, Any]:
+    """Parse YAML safely (no Python objects, no tags) into a mapping."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PlanError(shown, [f"YAML syntax error at {where}{problem}"]) from None
+    if not isinstance(raw, dict):
+        kind = "empty" if raw is None else f"a {type(raw).__name__}"
+        raise PlanError(shown, [f"the top level must be a mapping of plan fields, got {kind}"])
+    return raw
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per pydantic error: ``field.path = value: message``."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        field = _format_loc(err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown field (check the spelling; see the plan reference)")
+        elif err["type"] == "missing":
+            lines.append(f"{field}: required field is missing")
+        elif err["type"] in ("value_error", "assertion_error"):
+            lines.append(f"{field}: {message}")
+        else:
+            lines.append(f"{field} = {_short_repr(err.get('input'))}: {message}")
+    return lines
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

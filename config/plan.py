@@ -1,0 +1,190 @@
+"""The test plan: what a user writes in YAML.
+
+Every model forbids unknown keys, so a typo such as ``max_attempt`` is an error
+instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
+STUB_TARGET = "stub"
+
+Behavior = Literal["success", "failure", "timeout", "error"]
+_FLAKY = re.compile(r"^flaky:(\d{1,3})$")
+
+
+class StrictModel(BaseModel):
+    """Base of every plan model: unknown keys are rejected, assignments validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RetryPolicy(StrictModel):
+    """How often a case is tried and how long to wait between attempts."""
+
+    max_attempts: int = Field(3, ge=1, le=100)
+    backoff_seconds: float = Field(2.0, ge=0, le=3600)
+    backoff_multiplier: float = Field(1.5, ge=1.0, le=100)
+
+    def countdown(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        return self.backoff_seconds * self.backoff_multiplier ** (attempt - 1)
+
+
+class StopConditions(StrictModel):
+    """When a case, or the whole run, gives up."""
+
+    timeout_per_task: float = Field(300.0, gt=0, le=86400)
+    max_failures: int | None = Field(None, ge=1)
+
+    # The seeds address stop conditions like a dict (stop_conditions["timeout_per_task"]).
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        setattr(self, key, value)
+
+
+class RateControl(StrictModel):
+    """Request rate limits for the run (enforced fleet-wide, see the README)."""
+
+    requests_per_second: float | None = Field(None, gt=0)
+    requests_per_minute: float | None = Field(None, gt=0)
+    burst: int | None = Field(None, ge=1)
+
+
+class ExecutionPolicy(StrictModel):
+    """How a run is executed: concurrency, batching, retries and stop conditions."""
+
+    concurrency: int = Field(5, ge=1, le=10_000)
+    batch_size: int = Field(10, ge=1, le=10_000)
+    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    stop_conditions: StopConditions = Field(default_factory=StopConditions)
+    rate_control: RateControl | None = None
+
+
+class StubConfig(StrictModel):
+    """Behaviour of the built-in stub target, which answers without any HTTP server.
+
+    ``task_behaviors`` maps a case id (or a full task id) to ``success``, ``failure``,
+    ``timeout``, ``error`` or ``flaky:N`` (fails N attempts, then succeeds).
+    """
+
+    simulated_delay: float = Field(0.0, ge=0, le=3600)
+    failure_rate: float = Field(0.0, ge=0, le=1)
+    task_behaviors: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("task_behaviors")
+    @classmethod
+    def _known_behaviors(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, behavior in value.items():
+            if behavior not in ("success", "failure", "timeout", "error") and not _FLAKY.match(behavior):
+                raise ValueError(
+                    f"behavior {behavior!r} for {key!r} is not one of success, failure, "
+                    "timeout, error, flaky:N"
+                )
+        return value
+
+
+class WorkflowConfig(StrictModel):
+    """One Dify workflow app (or the stub target) that cases run against."""
+
+    id: str = Field(pattern=IDENTIFIER)
+    base_url: str = Field(min_length=1, max_length=2048)
+    api_key_env: str | None = Field(None, pattern=ENV_VAR_NAME)
+    response_mode: Literal["streaming", "blocking"] = "streaming"
+    user: str = Field("dify-runner", min_length=1, max_length=256)
+    stub: StubConfig | None = None
+
+    @property
+    def is_stub(self) -> bool:
+        return self.base_url == STUB_TARGET
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_or_stub(cls, value: str) -> str:
+        if value == STUB_TARGET:
+            return value
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"must be an http(s) URL or {STUB_TARGET!r}, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _key_for_real_targets(self) -> WorkflowConfig:
+        if not self.is_stub and self.api_key_env is None:
+            raise ValueError(
+                f"workflow {self.id!r} targets {self.base_url} and needs api_key_env "
+                "(the NAME of the environment variable that holds its API key)"
+            )
+        if self.stub is not None and not self.is_stub:
+            raise ValueError(f"workflow {self.id!r}: 'stub' settings need base_url: stub")
+        return self
+
+
+class CaseConfig(StrictModel):
+    """One test case written inline in the plan."""
+
+    id: str | None = Field(None, pattern=IDENTIFIER)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    scenario: str | None = Field(None, max_length=256)
+
+
+class DatasetConfig(StrictModel):
+    """A named set of cases: inline ``cases`` and/or rows of a CSV or JSONL ``file``."""
+
+    name: str = Field(pattern=IDENTIFIER)
+    workflows: list[str] | None = Field(None, min_length=1)
+    scenario: str | None = Field(None, max_length=256)
+    cases: list[CaseConfig] = Field(default_factory=list)
+    file: Path | None = None
+    id_column: str | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _has_cases(self) -> DatasetConfig:
+        if not self.cases and self.file is None:
+            raise ValueError(f"dataset {self.name!r} needs 'cases' or a 'file'")
+        return self
+
+
+class TestPlan(StrictModel):
+    """The whole plan file."""
+
+    __test__ = False  # not a pytest test class
+
+    name: str = Field(pattern=IDENTIFIER)
+    description: str | None = Field(None, max_length=10_000)
+    workflows: list[WorkflowConfig] = Field(min_length=1)
+    datasets: list[DatasetConfig] = Field(min_length=1)
+    repeat: int = Field(1, ge=1, le=10_000)
+    execution: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
+
+    @model_validator(mode="after")
+    def _references(self) -> TestPlan:
+        ids = [w.id for w in self.workflows]
+        for dup in sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"workflow id {dup!r} is used more than once")
+        names = [d.name for d in self.datasets]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"dataset name {dup!r} is used more than once")
+        for dataset in self.datasets:
+            for ref in dataset.workflows or []:
+                if ref not in ids:
+                    raise ValueError(
+                        f"dataset {dataset.name!r} refers to unknown workflow {ref!r} "
+                        f"(known: {', '.join(ids)})"
+                    )
+        return self
+
+    def workflow(self, workflow_id: str) -> WorkflowConfig:
+        return next(w for w in self.workflows if w.id == workflow_id)

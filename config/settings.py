@@ -1,0 +1,40 @@
+"""Settings read from the environment (never from the plan, which may be shared)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "DIFY_RUNNER_"
+
+
+class Settings(BaseModel):
+    """Process settings. Every field can be set with ``DIFY_RUNNER_<FIELD>``.
+
+    With no ``broker_url`` the CLI runs on the embedded default: a private
+    redis-server and an in-process worker that it starts and stops itself.
+    """
+
+    broker_url: str | None = None
+    result_backend: str | None = None
+    runs_dir: Path = Path("runs")
+    # How long run state and results stay in Redis after a run is submitted.
+    result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # Must exceed the longest task plus its longest retry countdown (kombu#337).
+    visibility_timeout: int = Field(3600, ge=60)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw not in (None, ""):
+                values[name] = raw
+        return cls.model_validate(values)
+
+    @property
+    def backend_url(self) -> str | None:
+        return self.result_backend or self.broker_url

@@ -1,0 +1,284 @@
+"""The ``dify-runner`` command line.
+
+Exit codes: 0 every case succeeded; 1 at least one case did not; 2 bad input (plan,
+data file, arguments, unknown run); 3 infrastructure (Redis unreachable, embedded
+default cannot start); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+from rich.console import Console
+
+from .. import __version__
+from ..config.errors import PlanError
+from ..config.loader import LoadedPlan, load_plan
+from ..config.settings import Settings
+from ..worker.store import RunInfo, RunStore
+from .embedded import EmbeddedError, embedded_backend
+from .expansion import expand
+from .progress import ProgressReporter, counts_text
+from .reports import print_summary, write_reports
+from .submission import submit
+from .waiting import RunNotFound, wait_for_run
+
+EXIT_OK, EXIT_NOT_ALL_PASSED, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    """Arguments that do not fit together (exit 2)."""
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str]) -> list[str]:
+    """Things that are valid but probably not what the user wants."""
+    plan = loaded.plan
+    warnings = []
+    for workflow in plan.workflows:
+        if workflow.api_key_env and not environ.get(workflow.api_key_env):
+            warnings.append(
+                f"workflow {workflow.id!r}: {workflow.api_key_env} is not set here; workers need it in their environment"
+            )
+    if plan.execution.rate_control is not None:
+        warnings.append("execution.rate_control is read but not enforced yet (see the README's policy reference)")
+    retry = plan.execution.retry_policy
+    longest = retry.countdown(max(1, retry.max_attempts - 1))
+    if retry.max_attempts > 1 and longest > settings.visibility_timeout / 2:
+        warnings.append(
+            f"execution.retry_policy: the longest backoff ({longest:g} s) will be capped at "
+            f"{settings.visibility_timeout / 2:g} s (half the broker visibility timeout)"
+        )
+    return warnings
+
+
+def _load(path: str, console: Console, settings: Settings) -> LoadedPlan:
+    import os
+
+    loaded = load_plan(path)
+    for warning in plan_warnings(loaded, settings, dict(os.environ)):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    return loaded
+
+
+@contextmanager
+def _backend(args: argparse.Namespace, settings: Settings, concurrency: int) -> Iterator[tuple[Celery, RunStore, str]]:
+    url = args.broker or settings.broker_url
+    if url is None:
+        with embedded_backend(concurrency, settings) as (app, store):
+            yield app, store, "the embedded default (private redis-server, in-process worker)"
+        return
+    app = _fleet_app(url, settings)
+    yield app, _fleet_store(url, settings), f"the fleet at {mask_url(url)}"
+
+
+def _fleet_app(url: str, settings: Settings) -> Celery:
+    from ..worker.app import create_app
+
+    return create_app(url, settings)
+
+
+def _fleet_store(url: str, settings: Settings) -> RunStore:
+    store = RunStore(redis.Redis.from_url(settings.backend_url if settings.broker_url == url else url),
+                     settings.result_ttl_seconds)
+    store.redis.ping()
+    return store
+
+
+def _require_broker(args: argparse.Namespace, settings: Settings) -> str:
+    url = args.broker or settings.broker_url
+    if url is None:
+        raise UsageError(
+            f"`{args.command}` needs a Redis shared with the workers: pass --broker URL or set DIFY_RUNNER_BROKER_URL "
+            "(the embedded default only lives as long as `dify-runner run`)"
+        )
+    return url
+
+
+def _finish(console: Console, store: RunStore, info: RunInfo, out_root: Path) -> int:
+    paths = write_reports(store, info, out_root / info.run_id)
+    print_summary(console, store, info)
+    console.print("reports: " + ", ".join(str(p) for p in paths), highlight=False)
+    stats = info.statistics
+    return EXIT_OK if stats is not None and stats.total_tasks and stats.succeeded_tasks == stats.total_tasks else EXIT_NOT_ALL_PASSED
+
+
+def _wait(console: Console, store: RunStore, run_id: str, show_progress: bool) -> RunInfo:
+    reporter = ProgressReporter(console, enabled=show_progress)
+    try:
+        try:
+            return wait_for_run(store, run_id, reporter)
+        except KeyboardInterrupt:
+            reporter.close()
+            store.cancel(run_id, "interrupted (Ctrl+C)")
+            console.print("[yellow]cancelling: cases not started end CANCELLED (Ctrl+C again to leave)[/]")
+            return wait_for_run(store, run_id, reporter)
+    finally:
+        reporter.close()
+
+
+def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    loaded = _load(args.plan, console, settings)
+    plan = loaded.plan
+    console.print(
+        f"plan {plan.name!r} is valid: {len(plan.workflows)} workflow(s), {len(plan.datasets)} dataset(s), "
+        f"{loaded.case_count} case(s) after expansion",
+        highlight=False,
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    loaded = _load(args.plan, console, settings)
+    manifest = expand(loaded)
+    with _backend(args, settings, manifest.execution_policy.concurrency) as (app, store, where):
+        submit(app, store, manifest)
+        console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
+                      f"{manifest.batch_count} batches on {where}", highlight=False)
+        info = _wait(console, store, manifest.run_id, not args.no_progress)
+        return _finish(console, store, info, Path(args.out or settings.runs_dir))
+
+
+def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    url = _require_broker(args, settings)
+    loaded = _load(args.plan, console, settings)
+    manifest = expand(loaded)
+    store = _fleet_store(url, settings)
+    submit(_fleet_app(url, settings), store, manifest)
+    print(manifest.run_id)
+    return EXIT_OK
+
+
+def _get_info(store: RunStore, run_id: str) -> RunInfo:
+    info = store.get_run(run_id)
+    if info is None:
+        raise RunNotFound(run_id)
+    return info
+
+
+def cmd_status(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    store = _fleet_store(_require_broker(args, settings), settings)
+    run_ids = [args.run_id] if args.run_id else store.list_runs()
+    for run_id in run_ids:
+        info = _get_info(store, run_id)
+        done = sum(v for k, v in store.progress(run_id).items() if k not in ("retries", "failures"))
+        console.print(f"{run_id}  {info.plan_name}  {info.state}  {min(done, info.total)}/{info.total}  "
+                      f"{counts_text(store.progress(run_id), markup=False)}"
+                      + (f"  ({info.stop_reason})" if info.stop_reason else ""), highlight=False, markup=False)
+    if not run_ids:
+        console.print("no runs in this Redis")
+    return EXIT_OK
+
+
+def cmd_wait(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    store = _fleet_store(_require_broker(args, settings), settings)
+    _get_info(store, args.run_id)
+    info = _wait(console, store, args.run_id, not args.no_progress)
+    return _finish(console, store, info, Path(args.out or settings.runs_dir))
+
+
+def cmd_report(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    store = _fleet_store(_require_broker(args, settings), settings)
+    info = _get_info(store, args.run_id)
+    if not info.finished:
+        raise UsageError(f"run {args.run_id} is still running ({info.batches_done}/{info.batch_count} batches done); "
+                         "use `dify-runner wait`")
+    return _finish(console, store, info, Path(args.out or settings.runs_dir))
+
+
+def cmd_worker(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    from ..worker.app import create_app
+
+    app = create_app(args.broker or settings.broker_url, settings)
+    argv = ["worker", "--pool", args.pool, "--concurrency", str(args.concurrency), *args.celery_args]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dify-runner",
+        description="Run test plans against Dify workflows on Celery workers.",
+        epilog="Exit codes: 0 all cases passed, 1 some did not, 2 bad input, 3 Redis/infrastructure, 130 interrupted. "
+        "With no --broker and no DIFY_RUNNER_BROKER_URL, `run` uses the embedded default.",
+    )
+    parser.add_argument("--version", action="version", version=f"dify-runner {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what workers and the producer do")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--broker", metavar="URL", help="Redis URL shared with the workers (default: $DIFY_RUNNER_BROKER_URL)")
+        return p
+
+    p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
+    p.add_argument("plan", help="the plan file (YAML)")
+    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p = add("submit", "validate a plan and submit it to the fleet; prints the run id and returns")
+    p.add_argument("plan", help="the plan file (YAML)")
+    p = add("status", "show a run's state and counts (all recent runs without RUN_ID)")
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    p = add("wait", "wait for a submitted run, then print its summary and write its reports")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p = add("report", "write the reports of a finished run (report.json, junit.xml)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    p = sub.add_parser("validate", help="check a plan and its data files without running it")
+    p.add_argument("plan", help="the plan file (YAML)")
+    p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
+    p.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent", "solo"])
+    p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
+    return parser
+
+
+COMMANDS = {
+    "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
+    "report": cmd_report, "validate": cmd_validate, "worker": cmd_worker,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = Console()
+    errors = Console(stderr=True)
+    try:
+        settings = Settings.from_env()
+        return COMMANDS[args.command](args, console, settings)
+    except PlanError as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        return EXIT_BAD_INPUT
+    except UsageError as exc:
+        errors.print(f"error: {exc}", markup=False, highlight=False)
+        return EXIT_BAD_INPUT
+    except RunNotFound as exc:
+        errors.print(f"error: no run {exc.args[0]!r} in this Redis (wrong id or broker, or expired)", markup=False)
+        return EXIT_BAD_INPUT
+    except (redis.RedisError, OperationalError, EmbeddedError, OSError) as exc:
+        errors.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        return EXIT_INFRA
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

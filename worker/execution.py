@@ -1,0 +1,193 @@
+"""One attempt of one case: call the target, and map what happened to a TaskStatus.
+
+Exception to status (the seeds' table, extended for the Dify client):
+
+    TaskExecutionException (incl. DifyAPIError)   FAILED    retried unless .retryable is False
+    TaskTimeoutException, SoftTimeLimitExceeded   TIMEOUT   retried
+    ConfigurationError                            ERROR     not retried
+    any other exception (incl. DifyServerError)   ERROR     retried
+    (none)                                        SUCCEEDED not retried
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ..config.manifest import Task
+from ..config.plan import StubConfig
+from .deadline import Deadline
+from .dify_client import ConfigurationError, DifyClient
+from .exceptions import TaskExecutionException, TaskTimeoutException
+from .messages import CaseMessage
+from .models import TaskStatus, TestResult, TestStatus
+from .stub import run_stub
+
+ExecutionFunc = Callable[..., Any]
+
+
+@dataclass
+class RunHooks:
+    """In-process hooks of the Python API (ExecutorService, ConcurrentExecutor).
+
+    They cannot travel in a JSON message, so they are registered by run id in the
+    process that also runs the in-process worker; a fleet worker never sees them.
+    """
+
+    execution_func: ExecutionFunc | None = None
+    now_fn: Callable[[], datetime] | None = None
+    sleep_fn: Callable[[float], None] | None = None
+    token: Any = None
+
+
+_hooks: dict[str, RunHooks] = {}
+_hooks_lock = threading.Lock()
+
+
+def register_hooks(run_id: str, hooks: RunHooks) -> None:
+    with _hooks_lock:
+        _hooks[run_id] = hooks
+
+
+def unregister_hooks(run_id: str) -> None:
+    with _hooks_lock:
+        _hooks.pop(run_id, None)
+
+
+def hooks_for(run_id: str) -> RunHooks | None:
+    return _hooks.get(run_id)
+
+
+@dataclass
+class AttemptOutcome:
+    status: TaskStatus
+    started_at: datetime
+    execution_time: float
+    error_message: str | None = None
+    retryable: bool = True
+    retry_after: float | None = None
+    test_result: TestResult | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_attempt(
+    message: CaseMessage,
+    attempt: int,
+    dify: Callable[[], DifyClient],
+    hooks: RunHooks | None = None,
+) -> AttemptOutcome:
+    """Run attempt number ``attempt`` (1-based) of the case in ``message``."""
+    task = message.task.model_copy(update={"attempt_count": attempt})
+    now_fn = (hooks.now_fn if hooks and hooks.now_fn else None) or (lambda: datetime.now(timezone.utc))
+    started_at = now_fn()
+    clock = time.monotonic()
+    deadline = Deadline(message.policy.timeout_per_task)
+    try:
+        value = _call_target(message, task, deadline, dify, hooks)
+        test_result = _to_test_result(value, task, started_at)
+        status = _STATUS_FROM_TEST[test_result.status]
+        error = test_result.error_message
+        return AttemptOutcome(status, started_at, time.monotonic() - clock, error, test_result=test_result)
+    except (TaskTimeoutException, SoftTimeLimitExceeded) as exc:
+        message_text = str(exc) or f"exceeded timeout_per_task ({deadline.seconds:g} s)"
+        return AttemptOutcome(TaskStatus.TIMEOUT, started_at, time.monotonic() - clock, message_text)
+    except TaskExecutionException as exc:
+        return AttemptOutcome(
+            TaskStatus.FAILED,
+            started_at,
+            time.monotonic() - clock,
+            str(exc),
+            retryable=exc.retryable,
+            retry_after=getattr(exc, "retry_after", None),
+        )
+    except Exception as exc:  # noqa: BLE001 - any other exception is the ERROR status
+        return AttemptOutcome(
+            TaskStatus.ERROR,
+            started_at,
+            time.monotonic() - clock,
+            f"{type(exc).__name__}: {exc}",
+            retryable=getattr(exc, "retryable", True),
+            retry_after=getattr(exc, "retry_after", None),
+        )
+
+
+_STATUS_FROM_TEST = {
+    TestStatus.SUCCESS: TaskStatus.SUCCEEDED,
+    TestStatus.FAILED: TaskStatus.FAILED,
+    TestStatus.TIMEOUT: TaskStatus.TIMEOUT,
+    TestStatus.ERROR: TaskStatus.ERROR,
+}
+
+
+def _call_target(
+    message: CaseMessage,
+    task: Task,
+    deadline: Deadline,
+    dify: Callable[[], DifyClient],
+    hooks: RunHooks | None,
+) -> Any:
+    if message.executor == "hook":
+        if hooks is None or hooks.execution_func is None:
+            raise ConfigurationError(
+                f"run {message.run_id} uses a Python execution function, which only its own "
+                "in-process worker has"
+            )
+        func = hooks.execution_func
+        if "cancellation_token" in inspect.signature(func).parameters:
+            return func(task, cancellation_token=hooks.token)
+        return func(task)
+    workflow = message.workflow
+    if workflow.is_stub:
+        sleep_fn = hooks.sleep_fn if hooks and hooks.sleep_fn else time.sleep
+        return run_stub(task, workflow.stub or StubConfig(), deadline, sleep_fn)
+    assert workflow.api_key_env is not None  # enforced by WorkflowConfig
+    api_key = os.environ.get(workflow.api_key_env)
+    if not api_key:
+        raise ConfigurationError(
+            f"environment variable {workflow.api_key_env} (the API key of workflow "
+            f"{workflow.id!r}) is not set in this worker"
+        )
+    return dify().run_workflow(workflow, api_key, task.parameters, deadline)
+
+
+def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:
+    """Normalise what a target returned (seed dict or TestResult) into a TestResult."""
+    if isinstance(value, TestResult):
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise TypeError(f"execution function returned {type(value).__name__}, expected dict or TestResult")
+    status = str(value.get("status") or "succeeded")
+    if status in ("failed", "stopped"):
+        raise TaskExecutionException(f"workflow {status}: {value.get('error') or 'no error message'}")
+    if status not in ("succeeded", "partial-succeeded"):
+        raise TaskExecutionException(f"workflow ended with status {status!r}")
+    outputs = value.get("outputs") or {}
+    metadata = {
+        key: value[key]
+        for key in ("workflow_run_id", "dify_task_id", "elapsed_time", "total_steps", "currency", "ttft",
+                    "time_to_first_event")
+        if value.get(key) is not None
+    }
+    if status != "succeeded":
+        metadata["workflow_status"] = status
+    return TestResult(
+        workflow_id=task.workflow_id,
+        execution_id=task.task_id,
+        timestamp=started_at,
+        status=TestStatus.SUCCESS,
+        tokens_used=int(value.get("total_tokens") or value.get("tokens_used") or 0),
+        cost=value["cost"] if "cost" in value else 0.0,
+        inputs=task.parameters,
+        outputs=outputs if isinstance(outputs, dict) else {"output": outputs},
+        metadata=metadata,
+    )

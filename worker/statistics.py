@@ -1,0 +1,100 @@
+"""Run statistics, built from per-batch summaries so no value grows with the run's size."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# TaskStatus values, spelled out here so this module has no import cycle with models.
+_SUCCEEDED, _FAILED, _TIMEOUT, _CANCELLED = "succeeded", "failed", "timeout", "cancelled"
+
+
+class BatchSummary(BaseModel):
+    """What one chord callback adds to the run's statistics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    counts: dict[str, int] = Field(default_factory=dict)
+    tokens: int = 0
+    cost: float = 0.0
+    cost_unknown: int = 0
+    # Latencies of cases that returned (succeeded or failed), for the percentiles.
+    latencies: list[float] = Field(default_factory=list)
+
+    def add(self, status: str, latency: float, tokens: int, cost: float | None, returned: bool) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+        self.tokens += tokens
+        if cost is None:
+            self.cost_unknown += 1
+        else:
+            self.cost += cost
+        if returned:
+            self.latencies.append(latency)
+
+
+class RunStatistics(BaseModel):
+    """Counts by status, success rate, duration, tokens, cost and latency percentiles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total_tasks: int = 0
+    succeeded_tasks: int = 0
+    failed_tasks: int = 0
+    timeout_tasks: int = 0
+    cancelled_tasks: int = 0
+    error_tasks: int = 0
+    success_rate: float = 0.0
+    total_duration: float = 0.0
+    total_tokens: int = 0
+    total_cost: float = 0.0
+    # Cases whose cost is unknown (blocking responses carry no price).
+    cost_unknown_tasks: int = 0
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+
+    @classmethod
+    def from_summaries(cls, summaries: Iterable[BatchSummary], total_duration: float = 0.0) -> RunStatistics:
+        counts: dict[str, int] = {}
+        tokens, cost, cost_unknown = 0, 0.0, 0
+        latencies: list[float] = []
+        for summary in summaries:
+            for status, n in summary.counts.items():
+                counts[status] = counts.get(status, 0) + n
+            tokens += summary.tokens
+            cost += summary.cost
+            cost_unknown += summary.cost_unknown
+            latencies += summary.latencies
+        total = sum(counts.values())
+        succeeded = counts.get(_SUCCEEDED, 0)
+        known = (_SUCCEEDED, _FAILED, _TIMEOUT, _CANCELLED)
+        latencies.sort()
+        return cls(
+            total_tasks=total,
+            succeeded_tasks=succeeded,
+            failed_tasks=counts.get(_FAILED, 0),
+            timeout_tasks=counts.get(_TIMEOUT, 0),
+            cancelled_tasks=counts.get(_CANCELLED, 0),
+            # ERROR, plus anything that never reached a final state.
+            error_tasks=sum(n for s, n in counts.items() if s not in known),
+            success_rate=succeeded / total if total else 0.0,
+            total_duration=total_duration,
+            total_tokens=tokens,
+            total_cost=round(cost, 10),
+            cost_unknown_tasks=cost_unknown,
+            latency_p50=percentile(latencies, 50),
+            latency_p95=percentile(latencies, 95),
+            latency_p99=percentile(latencies, 99),
+        )
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """The q-th percentile of already sorted values, interpolating linearly."""
+    if not sorted_values:
+        return None
+    rank = (len(sorted_values) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    value = sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
+    return round(value, 6)

@@ -1,0 +1,181 @@
+"""The shared run state in Redis: run metadata, live progress, results, cancellation.
+
+Keys (all under ``dify-runner:`` and expiring after the settings' result TTL):
+
+    run:{id}                hash   metadata (plan, totals, state, statistics when finished)
+    run:{id}:progress       hash   final statuses counted as cases end, plus retries
+    run:{id}:cancel         string present once the run is cancelled (value: the reason)
+    run:{id}:tests:{batch}  hash   task_id -> TestResult JSON (one hash per chord batch)
+    run:{id}:tasks:{batch}  hash   task_id -> TaskResult JSON, without the embedded result
+    run:{id}:summary:{batch} string BatchSummary JSON
+    run:{id}:done           set    batches whose chord callback has stored its results
+    runs                    zset   run ids by submission time
+
+Results are kept per batch so that no single value grows with the size of the run,
+and are written with HSET keyed by task id, so recording a case twice keeps one result.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict
+
+from .models import TaskResult, TestResult
+from .statistics import BatchSummary, RunStatistics
+
+PREFIX = "dify-runner:"
+
+
+class RunInfo(BaseModel):
+    """What the store knows of a run."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    run_id: str
+    plan_name: str
+    total: int
+    batch_count: int
+    created_at: datetime
+    state: str = "running"
+    finished_at: datetime | None = None
+    stop_reason: str | None = None
+    statistics: RunStatistics | None = None
+    batches_done: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+
+class RunStore:
+    """Run state over a redis-py client. One instance per process is enough."""
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int = 7 * 24 * 3600) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+
+    def _key(self, run_id: str, *parts: object) -> str:
+        return PREFIX + ":".join(["run", run_id, *map(str, parts)])
+
+    # -- producer side ---------------------------------------------------------------
+
+    def create_run(self, run_id: str, plan_name: str, total: int, batch_count: int, created_at: datetime) -> None:
+        key = self._key(run_id)
+        pipe = self.redis.pipeline()
+        pipe.hset(
+            key,
+            mapping={
+                "run_id": run_id,
+                "plan_name": plan_name,
+                "total": total,
+                "batch_count": batch_count,
+                "created_at": created_at.isoformat(),
+                "state": "running",
+            },
+        )
+        pipe.expire(key, self.ttl)
+        pipe.zadd(PREFIX + "runs", {run_id: created_at.timestamp()})
+        pipe.execute()
+
+    def get_run(self, run_id: str) -> RunInfo | None:
+        pipe = self.redis.pipeline()
+        pipe.hgetall(self._key(run_id))
+        pipe.scard(self._key(run_id, "done"))
+        raw, done = pipe.execute()
+        if not raw:
+            return None
+        fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+        if "statistics" in fields:
+            fields["statistics"] = json.loads(fields["statistics"])
+        fields["batches_done"] = done
+        return RunInfo.model_validate(fields)
+
+    def list_runs(self, limit: int = 20) -> list[str]:
+        return [r.decode() for r in self.redis.zrevrange(PREFIX + "runs", 0, limit - 1)]
+
+    def progress(self, run_id: str) -> dict[str, int]:
+        raw = self.redis.hgetall(self._key(run_id, "progress"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def cancel(self, run_id: str, reason: str) -> bool:
+        """Flag the run as cancelled; True if this call set the flag."""
+        created = bool(self.redis.set(self._key(run_id, "cancel"), reason, nx=True, ex=self.ttl))
+        if created:
+            self.redis.hsetnx(self._key(run_id), "stop_reason", reason)
+        return created
+
+    # -- worker side -----------------------------------------------------------------
+
+    def cancel_reason(self, run_id: str) -> str | None:
+        """Why the run was cancelled, or None while it is not."""
+        raw = self.redis.get(self._key(run_id, "cancel"))
+        return raw.decode() if raw is not None else None
+
+    def count(self, run_id: str, field: str) -> int:
+        """Count a case event (a final status or a retry) for live progress."""
+        key = self._key(run_id, "progress")
+        pipe = self.redis.pipeline()
+        pipe.hincrby(key, field, 1)
+        pipe.expire(key, self.ttl)
+        return int(pipe.execute()[0])
+
+    def save_batch(
+        self,
+        run_id: str,
+        batch: int,
+        task_results: list[TaskResult],
+        test_results: list[TestResult],
+        summary: BatchSummary,
+    ) -> int:
+        """Store one chord's results; returns how many batches are done."""
+        tests_key, tasks_key = self._key(run_id, "tests", batch), self._key(run_id, "tasks", batch)
+        summary_key, done_key = self._key(run_id, "summary", batch), self._key(run_id, "done")
+        pipe = self.redis.pipeline()
+        if test_results:
+            pipe.hset(tests_key, mapping={t.execution_id: t.model_dump_json() for t in test_results})
+            pipe.hset(
+                tasks_key,
+                mapping={t.task_id: t.model_dump_json(exclude={"test_result"}) for t in task_results},
+            )
+        pipe.set(summary_key, summary.model_dump_json(), ex=self.ttl)
+        pipe.sadd(done_key, batch)
+        for key in (tests_key, tasks_key, done_key):
+            pipe.expire(key, self.ttl)
+        pipe.scard(done_key)
+        return int(pipe.execute()[-1])
+
+    def finalize(self, run_id: str, batch_count: int) -> bool:
+        """Compute the run's statistics once every batch is stored; True for the one caller that does."""
+        key = self._key(run_id)
+        now = datetime.now(timezone.utc)
+        if not self.redis.hsetnx(key, "finished_at", now.isoformat()):
+            return False
+        info = self.get_run(run_id)
+        assert info is not None
+        duration = (now - info.created_at).total_seconds()
+        statistics = RunStatistics.from_summaries(self.iter_summaries(run_id, batch_count), duration)
+        self.redis.hset(key, mapping={"state": "finished", "statistics": statistics.model_dump_json()})
+        return True
+
+    # -- readers ---------------------------------------------------------------------
+
+    def iter_summaries(self, run_id: str, batch_count: int) -> Iterator[BatchSummary]:
+        for batch in range(batch_count):
+            raw = self.redis.get(self._key(run_id, "summary", batch))
+            if raw is not None:
+                yield BatchSummary.model_validate_json(raw)
+
+    def iter_test_results(self, run_id: str, batch_count: int) -> Iterator[TestResult]:
+        for batch in range(batch_count):
+            for _, raw in sorted(self.redis.hgetall(self._key(run_id, "tests", batch)).items()):
+                yield TestResult.model_validate_json(raw)
+
+    def iter_task_results(self, run_id: str, batch_count: int) -> Iterator[TaskResult]:
+        for batch in range(batch_count):
+            for _, raw in sorted(self.redis.hgetall(self._key(run_id, "tasks", batch)).items()):
+                yield TaskResult.model_validate_json(raw)

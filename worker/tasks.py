@@ -1,0 +1,227 @@
+"""The two Celery tasks: ``run_case`` (one per case) and ``finish_batch`` (a chord callback).
+
+``run_case`` never raises after its last attempt: whatever happens it returns a
+TaskResult, because one raising header task would keep its chord's callback from
+ever running (ChordError) and the batch's results would be lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from celery import Celery, Task
+from celery.exceptions import Retry
+from pydantic import ValidationError
+
+from ..config.settings import Settings
+from .converter import ResultConverter
+from .dify_client import DifyClient
+from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
+from .messages import CaseMessage
+from .models import AttemptRecord, TaskResult, TaskStatus
+from .statistics import BatchSummary
+from .store import RunStore
+
+RUN_CASE = "dify_runner.run_case"
+FINISH_BATCH = "dify_runner.finish_batch"
+FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR})
+# Statuses whose latency is a real answer time (a timeout's latency is the timeout).
+ANSWERED_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED})
+
+log = logging.getLogger("dify_runner.worker")
+
+
+class WorkerRuntime:
+    """Per-process resources: the run store's Redis client and the Dify HTTP client.
+
+    Created lazily and again after a fork, so prefork children never share sockets.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.pid = os.getpid()
+        self.settings: Settings = getattr(app, "dify_runner_settings", None) or Settings.from_env()
+        url = getattr(app, "dify_runner_state_url", None) or self.settings.backend_url
+        self.store = RunStore(redis.Redis.from_url(url), self.settings.result_ttl_seconds)
+        self.pool_size = max(10, int(app.conf.worker_concurrency or 10))
+        self._dify: DifyClient | None = None
+        # A retry waits in the worker's memory, unacknowledged; past the visibility
+        # timeout the broker would deliver it again (kombu#337), so stay well below.
+        self.max_countdown = self.settings.visibility_timeout / 2
+
+    def dify(self) -> DifyClient:
+        if self._dify is None:
+            self._dify = DifyClient.create(self.pool_size)
+        return self._dify
+
+
+def runtime(app: Celery) -> WorkerRuntime:
+    current = getattr(app, "_dify_runner_runtime", None)
+    if current is None or current.pid != os.getpid():
+        current = WorkerRuntime(app)
+        app._dify_runner_runtime = current  # type: ignore[attr-defined]
+    return current
+
+
+def register_tasks(app: Celery) -> None:
+    """Register the tasks on ``app`` (called by create_app)."""
+
+    # shared=False: each app (fleet, embedded, tests) gets its own task objects.
+    @app.task(name=RUN_CASE, bind=True, ignore_result=True, max_retries=None, shared=False)
+    def run_case(self: Task, message: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return execute_case(self, message, history or [])
+
+    @app.task(name=FINISH_BATCH, bind=True, ignore_result=True, shared=False)
+    def finish_batch(self: Task, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
+        store_batch(runtime(self.app), results, run_id, batch, batch_count)
+
+
+def execute_case(task: Task, raw: dict[str, Any], raw_history: list[dict[str, Any]]) -> dict[str, Any]:
+    """One delivery of a case: an attempt, then either a Celery retry or a final TaskResult."""
+    try:
+        message = CaseMessage.model_validate(raw)
+        history = [AttemptRecord.model_validate(h) for h in raw_history]
+    except ValidationError as exc:
+        return _unreadable_message(raw, exc)
+    attempt = task.request.retries + 1
+    rt: WorkerRuntime | None = None
+    try:
+        rt = runtime(task.app)
+        return _attempt_or_retry(task, rt, message, raw, attempt, history)
+    except Retry:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug here must not break the chord
+        log.exception("internal error on case %s", message.task.task_id)
+        now = datetime.now(timezone.utc)
+        outcome = AttemptOutcome(TaskStatus.ERROR, now, 0.0, f"dify-runner internal error: {type(exc).__name__}: {exc}")
+        return _finish(rt, message, attempt, history, outcome)
+
+
+def _attempt_or_retry(
+    task: Task, rt: WorkerRuntime, message: CaseMessage, raw: dict[str, Any], attempt: int,
+    history: list[AttemptRecord],
+) -> dict[str, Any]:
+    hooks = hooks_for(message.run_id)
+    reason = _cancel_reason(rt, message, hooks)
+    if reason is not None:
+        now = datetime.now(timezone.utc)
+        outcome = AttemptOutcome(TaskStatus.CANCELLED, now, 0.0, f"cancelled before attempt {attempt}: {reason}")
+        return _finish(rt, message, attempt - 1, history, outcome)
+    outcome = run_attempt(message, attempt, rt.dify, hooks)
+    policy = message.policy.retry_policy
+    if (
+        outcome.status.is_retryable
+        and outcome.retryable
+        and attempt < policy.max_attempts
+        and _cancel_reason(rt, message, hooks) is None
+    ):
+        countdown = policy.countdown(attempt)
+        if outcome.retry_after is not None:
+            countdown = max(countdown, outcome.retry_after)
+        countdown = min(countdown, rt.max_countdown)
+        history.append(_record(attempt, outcome, countdown))
+        rt.store.count(message.run_id, "retries")
+        log.info("case %s attempt %d %s, retry in %.2fs", message.task.task_id, attempt, outcome.status.value, countdown)
+        if hooks is not None and hooks.sleep_fn is not None:
+            hooks.sleep_fn(countdown)  # the Python API's injected clock waits instead
+            countdown = 0
+        raise task.retry(
+            args=(raw,),
+            kwargs={"history": [h.model_dump(mode="json") for h in history]},
+            countdown=countdown,
+            max_retries=None,
+        )
+    return _finish(rt, message, attempt, history, outcome)
+
+
+def _cancel_reason(rt: WorkerRuntime, message: CaseMessage, hooks: RunHooks | None) -> str | None:
+    if hooks is not None and hooks.token is not None and hooks.token.is_cancelled():
+        rt.store.cancel(message.run_id, "cancelled through the CancellationToken")
+        return "cancelled through the CancellationToken"
+    return rt.store.cancel_reason(message.run_id)
+
+
+def _record(attempt: int, outcome: AttemptOutcome, countdown: float | None = None) -> AttemptRecord:
+    return AttemptRecord(
+        attempt=attempt,
+        status=outcome.status,
+        error_message=outcome.error_message,
+        execution_time=round(outcome.execution_time, 6),
+        retry_countdown=countdown,
+    )
+
+
+def _finish(
+    rt: WorkerRuntime | None, message: CaseMessage, attempt: int, history: list[AttemptRecord], outcome: AttemptOutcome
+) -> dict[str, Any]:
+    if outcome.status is not TaskStatus.CANCELLED:
+        history.append(_record(attempt, outcome))
+    task = message.task
+    result = TaskResult(
+        task_id=task.task_id,
+        workflow_id=task.workflow_id,
+        task_status=outcome.status,
+        created_at=datetime.fromisoformat(message.created_at) if message.created_at else outcome.started_at,
+        started_at=outcome.started_at if attempt > 0 else None,
+        finished_at=datetime.now(timezone.utc),
+        execution_time=round(outcome.execution_time, 6),
+        attempt_count=attempt,
+        error_message=outcome.error_message,
+        dataset=task.dataset,
+        scenario=task.scenario,
+        case_id=task.case_id,
+        run_id=message.run_id,
+        attempts=history,
+        test_result=outcome.test_result,
+    )
+    if rt is not None:
+        try:
+            _count(rt, message, outcome.status)
+        except Exception:  # noqa: BLE001 - progress is best effort; the result is what counts
+            log.exception("could not count case %s", task.task_id)
+    return result.model_dump(mode="json")
+
+
+def _count(rt: WorkerRuntime, message: CaseMessage, status: TaskStatus) -> None:
+    """Live progress, and the fleet-wide failure count behind max_failures."""
+    rt.store.count(message.run_id, status.value)
+    max_failures = message.policy.max_failures
+    if status in FAILURE_STATUSES:
+        failures = rt.store.count(message.run_id, "failures")
+        if max_failures is not None and failures >= max_failures:
+            rt.store.cancel(message.run_id, f"stopped: max_failures ({max_failures}) reached")
+
+
+def _unreadable_message(raw: Any, exc: ValidationError) -> dict[str, Any]:
+    """A message this worker cannot read still yields a result, so the chord completes."""
+    log.error("unreadable case message: %s", exc)
+    task = raw.get("task", {}) if isinstance(raw, dict) else {}
+    task = task if isinstance(task, dict) else {}
+    return TaskResult(
+        task_id=str(task.get("task_id", "unknown")),
+        workflow_id=str(task.get("workflow_id", "unknown")),
+        task_status=TaskStatus.ERROR,
+        error_message=f"unreadable task message (is the worker the same version as the producer?): {exc}",
+        run_id=str(raw.get("run_id")) if isinstance(raw, dict) else None,
+    ).model_dump(mode="json")
+
+
+def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
+    """The chord callback: convert a batch's TaskResults and store them with a summary."""
+    task_results = [TaskResult.model_validate(r) for r in results]
+    test_results = ResultConverter.convert_batch(task_results)
+    summary = BatchSummary()
+    for task_result, test_result in zip(task_results, test_results):
+        summary.add(
+            task_result.task_status.value,
+            task_result.execution_time,
+            test_result.tokens_used,
+            test_result.cost,
+            returned=task_result.task_status in ANSWERED_STATUSES,
+        )
+    done = rt.store.save_batch(run_id, batch, task_results, test_results, summary)
+    if done >= batch_count and rt.store.finalize(run_id, batch_count):
+        log.info("run %s finished (%d batches)", run_id, batch_count)
