@@ -103,9 +103,12 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per pydantic error: ``field.path = value: message``."""
     lines = []
     for err in exc.errors(include_url=False):
-        field = _format_loc(err["loc"]) or "(top level)"
+        field = _format_loc(err["loc"])
         message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if not field:
+            # Plan-wide checks name their own fields in the message.
+            lines.append(message if err["type"] == "value_error" else f"(top level): {message}")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"{field}: unknown field (check the spelling; see the plan reference)")
         elif err["type"] == "missing":
             lines.append(f"{field}: required field is missing")

@@ -173,16 +173,16 @@ class TestPlan(StrictModel):
     def _references(self) -> TestPlan:
         ids = [w.id for w in self.workflows]
         for dup in sorted({i for i in ids if ids.count(i) > 1}):
-            raise ValueError(f"workflow id {dup!r} is used more than once")
+            raise ValueError(f"workflows: id {dup!r} is used more than once")
         names = [d.name for d in self.datasets]
         for dup in sorted({n for n in names if names.count(n) > 1}):
-            raise ValueError(f"dataset name {dup!r} is used more than once")
-        for dataset in self.datasets:
+            raise ValueError(f"datasets: name {dup!r} is used more than once")
+        for index, dataset in enumerate(self.datasets):
             for ref in dataset.workflows or []:
                 if ref not in ids:
                     raise ValueError(
-                        f"dataset {dataset.name!r} refers to unknown workflow {ref!r} "
-                        f"(known: {', '.join(ids)})"
+                        f"datasets[{index}].workflows: dataset {dataset.name!r} refers to unknown "
+                        f"workflow {ref!r} (known: {', '.join(ids)})"
                     )
         return self
 

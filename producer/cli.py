@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -17,13 +18,14 @@ from pathlib import Path
 
 import redis
 from celery import Celery
+from pydantic import ValidationError
 from kombu.exceptions import OperationalError
 from rich.console import Console
 
 from .. import __version__
 from ..config.errors import PlanError
-from ..config.loader import LoadedPlan, load_plan
-from ..config.settings import Settings
+from ..config.loader import LoadedPlan, format_validation_error, load_plan
+from ..config.settings import ENV_PREFIX, Settings
 from ..worker.store import RunInfo, RunStore
 from .embedded import EmbeddedError, embedded_backend
 from .expansion import expand
@@ -66,8 +68,6 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
 
 
 def _load(path: str, console: Console, settings: Settings) -> LoadedPlan:
-    import os
-
     loaded = load_plan(path)
     for warning in plan_warnings(loaded, settings, dict(os.environ)):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -259,24 +259,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console()
-    errors = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(width=120)  # CI logs: no terminal width to honour, keep tables whole
+
+    def error(text: str) -> None:
+        # Plain text, never wrapped: paths and values must survive copy and paste.
+        print(f"error: {text}", file=sys.stderr)
+
     try:
         settings = Settings.from_env()
         return COMMANDS[args.command](args, console, settings)
-    except PlanError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+    except (PlanError, UsageError) as exc:
+        error(str(exc))
         return EXIT_BAD_INPUT
-    except UsageError as exc:
-        errors.print(f"error: {exc}", markup=False, highlight=False)
+    except ValidationError as exc:
+        error("invalid DIFY_RUNNER_* environment setting:\n" + "\n".join(
+            f"  - {ENV_PREFIX}{line.upper().split(' ', 1)[0]} {line.split(' ', 1)[1] if ' ' in line else ''}"
+            for line in format_validation_error(exc)))
         return EXIT_BAD_INPUT
     except RunNotFound as exc:
-        errors.print(f"error: no run {exc.args[0]!r} in this Redis (wrong id or broker, or expired)", markup=False)
+        error(f"no run {exc.args[0]!r} in this Redis (wrong id or broker, or expired)")
         return EXIT_BAD_INPUT
     except (redis.RedisError, OperationalError, EmbeddedError, OSError) as exc:
-        errors.print(f"error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        error(f"{type(exc).__name__}: {exc}")
         return EXIT_INFRA
     except KeyboardInterrupt:
-        errors.print("interrupted")
+        error("interrupted")
         return EXIT_INTERRUPTED
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from junitparser import Error, Failure, JUnitXml, Properties, Property, Skipped, TestCase, TestSuite
 from pydantic import BaseModel, ConfigDict
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -118,11 +119,12 @@ def print_summary(console: Console, store: RunStore, info: RunInfo) -> None:
         if result.status is not TestStatus.SUCCESS and len(failing) < FAILING_CASES_SHOWN:
             failing.append(result)
 
-    table = Table(title=f"run {info.run_id} ({info.plan_name})", title_justify="left")
+    table = Table(title=f"run {info.run_id} ({info.plan_name})", title_justify="left", box=box.SIMPLE_HEAD)
     # Short headers: the table must stay readable in an 80-column CI log.
     for column in ("workflow", "dataset", "cases", "ok", "fail", "t/o", "err", "cxl", "pass", "p50 s", "p95 s",
                    "tokens"):
-        table.add_column(column, justify="left" if column in ("workflow", "dataset") else "right")
+        table.add_column(column, justify="left" if column in ("workflow", "dataset") else "right",
+                         no_wrap=column not in ("workflow", "dataset"))
     for (workflow, dataset), summary in sorted(groups.items()):
         table.add_row(workflow, dataset, *_stat_cells(RunStatistics.from_summaries([summary])))
     stats = info.statistics or RunStatistics()
