@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from .errors import PlanError
+from .errors import PlanError, read_user_file
 from .plan import CaseConfig
 
 MAX_DATA_BYTES = 512 * 1024 * 1024
@@ -24,16 +24,7 @@ def read_case_file(path: Path, id_column: str | None = None) -> list[CaseConfig]
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise PlanError(shown, [f"unsupported data file type {suffix or '(none)'!r}: use .csv or .jsonl"])
-    try:
-        if path.stat().st_size > MAX_DATA_BYTES:
-            raise PlanError(shown, [f"file is larger than {MAX_DATA_BYTES} bytes"])
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise PlanError(shown, ["data file not found"]) from None
-    except UnicodeDecodeError as exc:
-        raise PlanError(shown, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    except OSError as exc:
-        raise PlanError(shown, [f"cannot read data file: {exc.strerror}"]) from None
+    text = read_user_file(path, MAX_DATA_BYTES, "data file")
     rows = _csv_rows(shown, text) if suffix == ".csv" else _jsonl_rows(shown, text)
     cases = []
     for line, row in rows:

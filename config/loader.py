@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from .datasets import read_case_file
-from .errors import PlanError
+from .errors import PlanError, read_user_file
 from .plan import CaseConfig, TestPlan
 
 MAX_PLAN_BYTES = 10 * 1024 * 1024
@@ -40,20 +40,7 @@ def load_plan(path: str | Path) -> LoadedPlan:
     """
     path = Path(path)
     shown = str(path)
-    try:
-        if path.stat().st_size > MAX_PLAN_BYTES:
-            raise PlanError(shown, [f"file is larger than {MAX_PLAN_BYTES} bytes"])
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PlanError(shown, ["file not found"]) from None
-    except IsADirectoryError:
-        raise PlanError(shown, ["is a directory, not a plan file"]) from None
-    except UnicodeDecodeError as exc:
-        raise PlanError(shown, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
-    except OSError as exc:
-        raise PlanError(shown, [f"cannot read: {exc.strerror}"]) from None
-
-    raw = parse_yaml(shown, text)
+    raw = parse_yaml(shown, read_user_file(path, MAX_PLAN_BYTES, "plan file"))
     try:
         plan = TestPlan.model_validate(raw)
     except ValidationError as exc:

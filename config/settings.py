@@ -35,6 +35,6 @@ class Settings(BaseModel):
                 values[name] = raw
         return cls.model_validate(values)
 
-    @property
-    def backend_url(self) -> str | None:
-        return self.result_backend or self.broker_url
+    def state_url(self, broker_url: str) -> str:
+        """The Redis of the result backend and the run store, for workers on ``broker_url``."""
+        return self.result_backend or broker_url

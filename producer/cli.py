@@ -92,8 +92,7 @@ def _fleet_app(url: str, settings: Settings) -> Celery:
 
 
 def _fleet_store(url: str, settings: Settings) -> RunStore:
-    store = RunStore(redis.Redis.from_url(settings.backend_url if settings.broker_url == url else url),
-                     settings.result_ttl_seconds)
+    store = RunStore(redis.Redis.from_url(settings.state_url(url)), settings.result_ttl_seconds)
     store.redis.ping()
     return store
 

@@ -189,7 +189,8 @@ class InProcessWorker:
 @contextmanager
 def embedded_backend(concurrency: int, settings: Settings | None = None) -> Iterator[tuple[Celery, RunStore]]:
     """A private Redis and an in-process worker for the duration of the block."""
-    settings = settings or Settings.from_env()
+    # Everything lives in the private Redis, whatever DIFY_RUNNER_RESULT_BACKEND says.
+    settings = (settings or Settings.from_env()).model_copy(update={"broker_url": None, "result_backend": None})
     with EmbeddedRedis() as server:
         app = create_app(server.url, settings)
         store = RunStore(redis.Redis.from_url(server.url), settings.result_ttl_seconds)

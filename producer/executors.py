@@ -84,7 +84,10 @@ class ConcurrentExecutor:
             raise ExecutorException("RunManifest.cases cannot be empty")
         manifest = manifest.model_copy(update={"run_id": self.id_fn(), "created_at": self.now_fn()})
         execution_func = self._execution_func(manifest)
-        hooks = RunHooks(execution_func=execution_func, now_fn=self.now_fn, sleep_fn=self.sleep_fn,
+        # The real time.sleep is left to Celery's retry countdown, which frees the worker
+        # thread while a case waits; an injected sleep_fn (a test's clock) is called instead.
+        sleep_fn = None if self.sleep_fn is time.sleep else self.sleep_fn
+        hooks = RunHooks(execution_func=execution_func, now_fn=self.now_fn, sleep_fn=sleep_fn,
                          token=cancellation_token)
         with self._backend(manifest.execution_policy.concurrency) as (app, store):
             register_hooks(manifest.run_id, hooks)
@@ -117,7 +120,7 @@ class ConcurrentExecutor:
             return
         settings = Settings.from_env()
         app = create_app(self.broker_url, settings)
-        yield app, RunStore(redis.Redis.from_url(self.broker_url), settings.result_ttl_seconds)
+        yield app, RunStore(redis.Redis.from_url(settings.state_url(self.broker_url)), settings.result_ttl_seconds)
 
 
 class StubExecutor(ConcurrentExecutor):

@@ -61,7 +61,7 @@ def test_bad_input_exits_2_with_a_message_naming_file_field_and_value(
 def test_missing_plan_file(tmp_path: Path) -> None:
     done = cli("validate", str(tmp_path / "absent.yaml"))
     assert done.returncode == 2
-    assert "absent.yaml: invalid plan" in done.stderr and "file not found" in done.stderr
+    assert "absent.yaml: invalid plan" in done.stderr and "plan file not found" in done.stderr
 
 
 def test_validate_warns_when_an_api_key_variable_is_unset(tmp_path: Path) -> None:

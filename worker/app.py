@@ -25,7 +25,7 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
 
     settings = settings or Settings.from_env()
     broker = broker_url or settings.broker_url or DEFAULT_BROKER
-    backend = (settings.result_backend if broker_url is None else None) or broker
+    backend = settings.state_url(broker)
     app = Celery("dify_runner")
     app.conf.update(
         broker_url=broker,

@@ -44,7 +44,7 @@ class WorkerRuntime:
     def __init__(self, app: Celery) -> None:
         self.pid = os.getpid()
         self.settings: Settings = getattr(app, "dify_runner_settings", None) or Settings.from_env()
-        url = getattr(app, "dify_runner_state_url", None) or self.settings.backend_url
+        url = app.dify_runner_state_url  # type: ignore[attr-defined]
         self.store = RunStore(redis.Redis.from_url(url), self.settings.result_ttl_seconds)
         self.pool_size = max(10, int(app.conf.worker_concurrency or 10))
         self._dify: DifyClient | None = None
