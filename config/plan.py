@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 STUB_TARGET = "stub"
+# The embedded default starts the project's mock Dify server for workflows with this URL.
+MOCK_TARGET = "mock"
 
 Behavior = Literal["success", "failure", "timeout", "error"]
 _FLAKY = re.compile(r"^flaky:(\d{1,3})$")
@@ -111,18 +113,22 @@ class WorkflowConfig(StrictModel):
     def is_stub(self) -> bool:
         return self.base_url == STUB_TARGET
 
+    @property
+    def is_mock(self) -> bool:
+        return self.base_url == MOCK_TARGET
+
     @field_validator("base_url")
     @classmethod
     def _url_or_stub(cls, value: str) -> str:
-        if value == STUB_TARGET:
+        if value in (STUB_TARGET, MOCK_TARGET):
             return value
         if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"must be an http(s) URL or {STUB_TARGET!r}, got {value!r}")
+            raise ValueError(f"must be an http(s) URL, {STUB_TARGET!r} or {MOCK_TARGET!r}, got {value!r}")
         return value.rstrip("/")
 
     @model_validator(mode="after")
     def _key_for_real_targets(self) -> WorkflowConfig:
-        if not self.is_stub and self.api_key_env is None:
+        if not self.is_stub and not self.is_mock and self.api_key_env is None:
             raise ValueError(
                 f"workflow {self.id!r} targets {self.base_url} and needs api_key_env "
                 "(the NAME of the environment variable that holds its API key)"

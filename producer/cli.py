@@ -27,7 +27,7 @@ from ..config.errors import PlanError
 from ..config.loader import LoadedPlan, format_validation_error, load_plan
 from ..config.settings import ENV_PREFIX, Settings
 from ..worker.store import RunInfo, RunStore
-from .embedded import EmbeddedError, embedded_backend
+from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
 from .progress import ProgressReporter, counts_text
 from .reports import print_summary, write_reports
@@ -143,7 +143,11 @@ def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings)
 def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     loaded = _load(args.plan, console, settings)
     manifest = expand(loaded)
-    with _backend(args, settings, manifest.execution_policy.concurrency) as (app, store, where):
+    if (args.broker or settings.broker_url) and any(w.is_mock for w in manifest.workflows):
+        raise UsageError("base_url: mock runs only on the embedded default; for a fleet, start "
+                         "`dify-runner mock-dify --host 0.0.0.0` and use its URL")
+    with _backend(args, settings, manifest.execution_policy.concurrency) as (app, store, where), \
+            mock_targets(manifest) as manifest:
         submit(app, store, manifest)
         console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
                       f"{manifest.batch_count} batches on {where}", highlight=False)
@@ -207,6 +211,21 @@ def cmd_worker(args: argparse.Namespace, console: Console, settings: Settings) -
     return EXIT_OK
 
 
+def cmd_mock_dify(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    from ..mockdify.server import MockOptions, serve
+
+    rate = args.rate_limit.removesuffix("/s") if args.rate_limit else None
+    options = MockOptions(
+        latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, fail_rate=args.fail_rate,
+        rate_limit=float(rate) if rate else None, concurrency_limit=args.concurrency_limit,
+        api_keys=args.api_key or os.environ.get("MOCK_DIFY_API_KEYS", "app-mock").split(","),
+        ping_interval=args.ping_interval, price_format=args.price_format, retry_after=args.retry_after,
+    )
+    console.print(f"mock Dify on http://{args.host}:{args.port}/v1 (stats: /_mock/stats)", highlight=False)
+    serve(options, args.host, args.port)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dify-runner",
@@ -244,12 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent", "solo"])
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
+    p = sub.add_parser("mock-dify", help="serve a mock of Dify's workflow API (for tests, benchmarks, demos)",
+                       description="Serve a mock of Dify's workflow API. Cases steer it with the reserved input "
+                       "key _mock, e.g. {\"_mock\": {\"status\": \"failed\"}} (see the README).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--latency-ms", type=float, default=100)
+    p.add_argument("--jitter-ms", type=float, default=20)
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of runs that end with status failed")
+    p.add_argument("--rate-limit", metavar="N/s", help="runs per second before 429 rate_limit_error")
+    p.add_argument("--concurrency-limit", type=int, metavar="N", help="runs in flight before 429 too_many_requests")
+    p.add_argument("--api-key", action="append", help="accepted API key (repeatable; default $MOCK_DIFY_API_KEYS "
+                   "or app-mock)")
+    p.add_argument("--ping-interval", type=float, default=10.0, help="seconds between SSE pings")
+    p.add_argument("--price-format", choices=["number", "string"], default="number")
+    p.add_argument("--retry-after", type=float, help="send Retry-After with 429s (Dify itself does not)")
     return parser
 
 
 COMMANDS = {
     "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
-    "report": cmd_report, "validate": cmd_validate, "worker": cmd_worker,
+    "report": cmd_report, "validate": cmd_validate, "worker": cmd_worker, "mock-dify": cmd_mock_dify,
 }
 
 

@@ -7,7 +7,9 @@ only where the broker lives and who runs the worker differ.
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -23,6 +25,7 @@ import redis
 from celery import Celery
 from celery.worker import WorkController
 
+from ..config.manifest import RunManifest
 from ..config.settings import Settings
 from ..worker.app import create_app
 from ..worker.store import RunStore
@@ -184,6 +187,42 @@ class InProcessWorker:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+MOCK_KEY_ENV = "DIFY_RUNNER_MOCK_API_KEY"
+
+
+@contextmanager
+def mock_targets(manifest: RunManifest) -> Iterator[RunManifest]:
+    """Start the mock Dify server for ``base_url: mock`` workflows, for the block's duration.
+
+    Yields the manifest with those workflows pointed at it. The mock gets a fresh API key,
+    put in this process's environment under the workflow's ``api_key_env`` (default
+    DIFY_RUNNER_MOCK_API_KEY), where the in-process worker reads it like any key.
+    """
+    if not any(w.is_mock for w in manifest.workflows):
+        yield manifest
+        return
+    from ..mockdify.process import MockDifyProcess
+
+    env_names = {w.api_key_env or MOCK_KEY_ENV for w in manifest.workflows if w.is_mock}
+    key = "app-mock-" + secrets.token_hex(8)
+    saved = {name: os.environ.get(name) for name in env_names}
+    with MockDifyProcess("--api-key", key) as server:
+        workflows = [
+            w.model_copy(update={"base_url": server.base_url, "api_key_env": w.api_key_env or MOCK_KEY_ENV})
+            if w.is_mock else w
+            for w in manifest.workflows
+        ]
+        os.environ.update({name: key for name in env_names})
+        try:
+            yield manifest.model_copy(update={"workflows": workflows})
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from ..worker.execution import RunHooks, register_hooks, unregister_hooks
 from ..worker.models import RunExecutionResult, TestResult
 from ..worker.store import RunStore
 from ..worker.stub import run_stub
-from .embedded import embedded_backend
+from .embedded import embedded_backend, mock_targets
 from .submission import submit
 from .waiting import wait_for_run
 
@@ -89,7 +89,8 @@ class ConcurrentExecutor:
         sleep_fn = None if self.sleep_fn is time.sleep else self.sleep_fn
         hooks = RunHooks(execution_func=execution_func, now_fn=self.now_fn, sleep_fn=sleep_fn,
                          token=cancellation_token)
-        with self._backend(manifest.execution_policy.concurrency) as (app, store):
+        with self._backend(manifest.execution_policy.concurrency) as (app, store), \
+                mock_targets(manifest) as manifest:
             register_hooks(manifest.run_id, hooks)
             try:
                 submit(app, store, manifest, executor="hook" if execution_func else "plan")

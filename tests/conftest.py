@@ -22,6 +22,7 @@ from celery import Celery
 from dify_runner.config.loader import load_plan
 from dify_runner.config.manifest import RunManifest
 from dify_runner.config.settings import Settings
+from dify_runner.mockdify.process import MockDifyProcess
 from dify_runner.producer.embedded import EmbeddedRedis, InProcessWorker
 from dify_runner.producer.expansion import expand
 from dify_runner.producer.submission import submit
@@ -162,3 +163,18 @@ def fleet(redis_url: str, tmp_path: Path) -> Iterator[Fleet]:
     running = Fleet(redis_url, tmp_path)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_dify_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockDifyProcess]:
+    log = tmp_path_factory.mktemp("mock") / "mock-dify.log"
+    with MockDifyProcess("--latency-ms", "30", "--jitter-ms", "0", "--ping-interval", "0.05",
+                         "--api-key", "app-mock", log_path=log) as server:
+        yield server
+
+
+@pytest.fixture
+def mock_dify(mock_dify_server: MockDifyProcess) -> MockDifyProcess:
+    """The session's mock Dify server, with its stats reset for this test."""
+    mock_dify_server.reset()
+    return mock_dify_server

@@ -72,6 +72,12 @@ def test_validate_warns_when_an_api_key_variable_is_unset(tmp_path: Path) -> Non
     assert "UNSET_DIFY_KEY_VAR is not set" in done.stdout
 
 
+def test_the_mock_target_needs_the_embedded_default() -> None:
+    done = cli("run", str(REPO / "config/plans/demo.yaml"), "--broker", "redis://127.0.0.1:9/0")
+    assert done.returncode == 2
+    assert "base_url: mock runs only on the embedded default" in done.stderr
+
+
 def test_fleet_commands_need_a_broker() -> None:
     done = cli("status")
     assert done.returncode == 2
@@ -91,10 +97,12 @@ def test_the_embedded_default_runs_the_demo_plan(tmp_path: Path) -> None:
     assert "embedded default" in done.stdout
     [run_dir] = list((tmp_path / "runs").iterdir())
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["run"]["statistics"]["total_tasks"] == 13
-    assert report["run"]["statistics"]["succeeded_tasks"] == 13
-    assert len(report["results"]) == 13
-    assert (run_dir / "junit.xml").read_text().count("<testcase") == 13
+    stats = report["run"]["statistics"]
+    assert stats["total_tasks"] == stats["succeeded_tasks"] == len(report["results"]) == 16
+    assert (run_dir / "junit.xml").read_text().count("<testcase") == 16
+    # The mock target answered over HTTP, streaming: tokens and cost are real numbers.
+    mocked = [r for r in report["results"] if r["workflow_id"] == "translator"]
+    assert all(r["tokens_used"] > 0 and r["cost"] > 0 and r["metadata"]["workflow_run_id"] for r in mocked)
 
 
 def test_a_run_with_failures_exits_1(tmp_path: Path) -> None:

@@ -18,9 +18,10 @@ from .conftest import REPO, stub_plan, write_plan
 def test_demo_plan_loads_and_expands() -> None:
     loaded = load_plan(REPO / "config/plans/demo.yaml")
     manifest = expand(loaded)
-    assert loaded.case_count == len(manifest.cases) == 13
+    assert loaded.case_count == len(manifest.cases) == 16
     assert manifest.cases[0].task_id == "translator/smoke/hello"
     assert {t.dataset for t in manifest.cases} == {"smoke", "questions"}
+    assert {t.workflow_id for t in manifest.cases} == {"translator", "offline"}
 
 
 def test_seed_defaults() -> None:

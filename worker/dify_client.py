@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -77,8 +78,15 @@ class DifyClient:
         return cls(httpx.Client(limits=limits, http2=False, follow_redirects=False))
 
     def run_workflow(
-        self, workflow: WorkflowConfig, api_key: str, inputs: dict[str, Any], deadline: Deadline
+        self,
+        workflow: WorkflowConfig,
+        api_key: str,
+        inputs: dict[str, Any],
+        deadline: Deadline,
+        on_started: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
+        """One run. ``on_started(task_id)`` is called when a streaming run has started
+        (the id that ``stop`` needs)."""
         body = {"inputs": inputs, "response_mode": workflow.response_mode, "user": workflow.user}
         remaining = deadline.remaining()
         timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining, pool=remaining)
@@ -96,7 +104,7 @@ class DifyClient:
                             raise _error_from_response(response, _read_body(response, deadline))
                         if workflow.response_mode == "blocking":
                             return _parse_blocking(_read_body(response, deadline))
-                        return _parse_stream(response, deadline, started)
+                        return _parse_stream(response, deadline, started, on_started)
                     except (httpx.TransportError, DifyServerError):
                         if watchdog.fired or deadline.expired():
                             raise _timeout(deadline) from None
@@ -186,7 +194,9 @@ def _parse_blocking(raw: bytes) -> dict[str, Any]:
     }
 
 
-def _parse_stream(response: httpx.Response, deadline: Deadline, started: float) -> dict[str, Any]:
+def _parse_stream(
+    response: httpx.Response, deadline: Deadline, started: float, on_started: Callable[[str], None] | None
+) -> dict[str, Any]:
     result: dict[str, Any] = {"cost": None, "currency": None, "time_to_first_event": None, "ttft": None}
     cost = Decimal(0)
     priced = False
@@ -203,6 +213,8 @@ def _parse_stream(response: httpx.Response, deadline: Deadline, started: float) 
         if kind == "workflow_started":
             result["workflow_run_id"] = event.get("workflow_run_id")
             result["dify_task_id"] = event.get("task_id")
+            if on_started is not None and result["dify_task_id"]:
+                on_started(str(result["dify_task_id"]))
         elif kind == "text_chunk" and result["ttft"] is None:
             result["ttft"] = round(time.monotonic() - started, 6)
         elif kind == "node_finished":

@@ -148,6 +148,11 @@ def _call_target(
     if workflow.is_stub:
         sleep_fn = hooks.sleep_fn if hooks and hooks.sleep_fn else time.sleep
         return run_stub(task, workflow.stub or StubConfig(), deadline, sleep_fn)
+    if workflow.is_mock:
+        raise ConfigurationError(
+            f"workflow {workflow.id!r} targets the mock, which only the embedded default starts; "
+            "give it the URL of a running `dify-runner mock-dify`"
+        )
     assert workflow.api_key_env is not None  # enforced by WorkflowConfig
     api_key = os.environ.get(workflow.api_key_env)
     if not api_key:

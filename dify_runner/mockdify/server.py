@@ -1,0 +1,306 @@
+"""The mock Dify server: starlette routes under /v1, served by uvicorn (asyncio).
+
+``dify-runner mock-dify --port 5001`` starts it. It checks API keys (401 on a wrong
+one), validates requests like Dify (400 ``invalid_param``), answers blocking and
+streaming runs with realistic event sequences, node prices and token counts, and can be
+told to fail, throttle, hang or garble, globally by option or per case by ``_mock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .scenario import RESERVED_KEY, Behaviour, MockError, MockRun, error_body
+from .stats import MockStats
+
+MAX_RUNS_KEPT = 50_000
+
+
+class MockOptions(BaseModel):
+    """Server-wide behaviour (the `mock-dify` command's options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: float = Field(100, ge=0)
+    jitter_ms: float = Field(20, ge=0)
+    fail_rate: float = Field(0.0, ge=0, le=1)
+    rate_limit: float | None = Field(None, gt=0, description="runs started per second before 429 rate_limit_error")
+    concurrency_limit: int | None = Field(None, ge=1, description="runs in flight before 429 too_many_requests")
+    api_keys: list[str] = Field(default_factory=lambda: ["app-mock"])
+    ping_interval: float = Field(10.0, gt=0)
+    price_format: Literal["string", "number"] = "number"
+    retry_after: float | None = Field(None, ge=0, description="send Retry-After on 429s (Dify does not)")
+
+
+def _json(body: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class MockDify:
+    """The server's state: options, runs, stats and the per-second rate window."""
+
+    def __init__(self, options: MockOptions) -> None:
+        self.options = options
+        self.stats = MockStats()
+        self.runs: OrderedDict[str, MockRun] = OrderedDict()
+        self.by_task: dict[str, MockRun] = {}
+        self.random = random.Random(0)
+        self._window = (0, 0)  # (second, runs started in it)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def authorize(self, request: Request) -> tuple[str | None, Response | None]:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        self.stats.begin(request.url.path, key or None)
+        if scheme.lower() != "bearer" or not key:
+            message = "Authorization header must be provided and start with 'Bearer'"
+            return None, self.reply(_json(error_body(401, "unauthorized", message), 401,
+                                          {"WWW-Authenticate": 'Bearer realm="api"'}))
+        if key not in self.options.api_keys:
+            return None, self.reply(_json(error_body(401, "unauthorized", "Access token is invalid"), 401,
+                                          {"WWW-Authenticate": 'Bearer realm="api"'}))
+        return key, None
+
+    def reply(self, response: Response) -> Response:
+        self.stats.statuses[response.status_code] += 1
+        return response
+
+    def throttled(self) -> Response | None:
+        options = self.options
+        headers = {"Retry-After": f"{options.retry_after:g}"} if options.retry_after is not None else None
+        if options.concurrency_limit is not None and self.stats.in_flight >= options.concurrency_limit:
+            message = ("Too many requests. Please try again later. The current maximum concurrent requests "
+                       f"allowed is {options.concurrency_limit}.")
+            return self.reply(_json(error_body(429, "too_many_requests", message), 429, headers))
+        if options.rate_limit is not None:
+            second = int(time.time())
+            start, count = self._window
+            count = count + 1 if start == second else 1
+            self._window = (second, count)
+            if count > options.rate_limit:
+                return self.reply(_json(error_body(429, "rate_limit_error"), 429, headers))
+        return None
+
+    def latency(self, behaviour: Behaviour) -> float:
+        if behaviour.latency_ms is not None:
+            return behaviour.latency_ms / 1000
+        jitter = self.random.uniform(-self.options.jitter_ms, self.options.jitter_ms)
+        return max(0.0, self.options.latency_ms + jitter) / 1000
+
+    def remember(self, run: MockRun) -> None:
+        self.runs[run.run_id] = run
+        self.by_task[run.task_id] = run
+        while len(self.runs) > MAX_RUNS_KEPT:
+            _, old = self.runs.popitem(last=False)
+            self.by_task.pop(old.task_id, None)
+
+    # -- routes ------------------------------------------------------------------------
+
+    async def run_workflow(self, request: Request) -> Response:
+        _, denied = self.authorize(request)
+        if denied is not None:
+            return denied
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return self.reply(_json(error_body(400, "invalid_param",
+                                               "Invalid JSON payload received or JSON payload is empty."), 400))
+        inputs, user, mode = body.get("inputs"), body.get("user"), body.get("response_mode") or "blocking"
+        if not isinstance(inputs, dict):
+            return self.reply(_json({**error_body(400, "invalid_param", "inputs is required in input form"),
+                                     "params": "inputs"}, 400))
+        if not isinstance(user, str) or not user:
+            return self.reply(_json(error_body(400, "invalid_param", "Arg user must be provided."), 400))
+        if mode not in ("blocking", "streaming"):
+            return self.reply(_json(error_body(400, "invalid_param", f"Invalid response_mode {mode!r}"), 400))
+        inputs = dict(inputs)
+        try:
+            behaviour = Behaviour.model_validate(inputs.pop(RESERVED_KEY, None) or {})
+        except ValidationError as exc:
+            return self.reply(_json(error_body(400, "invalid_param", f"bad {RESERVED_KEY}: {exc}"), 400))
+        throttled = self.throttled()
+        if throttled is not None:
+            return throttled
+        if behaviour.error is not None:
+            headers = {"Retry-After": f"{behaviour.retry_after:g}"} if behaviour.retry_after is not None else None
+            return self.reply(_json(behaviour.error.body(), behaviour.error.http_status, headers))
+        status = behaviour.status or ("failed" if self.random.random() < self.options.fail_rate else "succeeded")
+        run = MockRun(inputs, user, behaviour, status, self.options.price_format)
+        self.remember(run)
+        if behaviour.hang or behaviour.trickle:
+            return self.reply(StreamingResponse(self._stall(request, run), media_type="application/json"))
+        if mode == "blocking":
+            return await self._blocking(request, run)
+        return self.reply(StreamingResponse(self._stream(run), media_type="text/event-stream"))
+
+    async def _blocking(self, request: Request, run: MockRun) -> Response:
+        self.stats.enter_run()
+        started = time.monotonic()
+        try:
+            await asyncio.sleep(self.latency(run.behaviour))
+        finally:
+            self.stats.leave_run()
+        run.finish(started)
+        if run.behaviour.garbage:
+            return self.reply(Response("<html><body>502 Bad Gateway</body></html>", 200, media_type="text/html"))
+        return self.reply(_json(run.blocking_body()))
+
+    async def _stall(self, request: Request, run: MockRun) -> AsyncIterator[bytes]:
+        self.stats.enter_run()
+        try:
+            if run.behaviour.trickle:
+                yield b"{"
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.2)
+                if run.behaviour.trickle:
+                    yield b" "
+        finally:
+            self.stats.leave_run()
+
+    async def _pause(self, seconds: float) -> AsyncIterator[bytes]:
+        """Sleep ``seconds``, sending Dify's bare ping every ping_interval meanwhile."""
+        interval = self.options.ping_interval
+        while seconds > interval:
+            await asyncio.sleep(interval)
+            seconds -= interval
+            yield b"event: ping\n\n"
+        await asyncio.sleep(seconds)
+
+    async def _stream(self, run: MockRun) -> AsyncIterator[bytes]:
+        behaviour = run.behaviour
+        self.stats.enter_run()
+        started = time.monotonic()
+        try:
+            yield _sse(run.workflow_started())
+            start = run.node(1, "start", "Start")
+            yield _sse(run.envelope("node_started", start))
+            yield _sse(run.node_finished(start, llm=False))
+            if behaviour.garbage:
+                yield b"data: {this is not json\n\n"
+                return
+            per_node = self.latency(behaviour) / max(1, behaviour.llm_nodes)
+            for index in range(behaviour.llm_nodes):
+                node = run.node(2 + index, "llm", f"LLM {index + 1}")
+                yield _sse(run.envelope("node_started", node))
+                async for ping in self._pause(per_node):
+                    yield ping
+                if run.stop_requested:
+                    run.status = "stopped"
+                    break
+                if behaviour.truncate:
+                    return  # the connection closes mid-run: no workflow_finished
+                if behaviour.stream_error is not None:
+                    yield _sse(run.stream_error(behaviour.stream_error))
+                    return
+                failed = run.status == "failed" and index == behaviour.llm_nodes - 1
+                if not failed and index == behaviour.llm_nodes - 1:
+                    for word in run.answer.split(" "):
+                        yield _sse(run.text_chunk(word + " ", node))
+                yield _sse(run.node_finished(node, llm=True, failed=failed))
+            if run.status != "failed":
+                end = run.node(2 + behaviour.llm_nodes, "end", "End")
+                yield _sse(run.envelope("node_started", end))
+                yield _sse(run.node_finished(end, llm=False))
+            run.finish(started)
+            yield _sse(run.workflow_finished())
+        finally:
+            self.stats.leave_run()
+
+    async def stop_task(self, request: Request) -> Response:
+        _, denied = self.authorize(request)
+        if denied is not None:
+            return denied
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict) or not body.get("user"):
+            return self.reply(_json(error_body(400, "invalid_param", "Arg user must be provided."), 400))
+        run = self.by_task.get(request.path_params["task_id"])
+        if run is not None:
+            run.stop_requested = True
+        self.stats.stops += 1
+        return self.reply(_json({"result": "success"}))
+
+    async def run_detail(self, request: Request) -> Response:
+        _, denied = self.authorize(request)
+        if denied is not None:
+            return denied
+        run = self.runs.get(request.path_params["run_id"])
+        if run is None:
+            return self.reply(_json(error_body(404, "not_found"), 404))
+        return self.reply(_json(run.detail_body()))
+
+    async def parameters(self, request: Request) -> Response:
+        _, denied = self.authorize(request)
+        if denied is not None:
+            return denied
+        return self.reply(_json({
+            "opening_statement": None, "suggested_questions": [],
+            "suggested_questions_after_answer": {"enabled": False}, "speech_to_text": {"enabled": False},
+            "text_to_speech": {"enabled": False, "voice": "", "language": "", "autoPlay": "disabled"},
+            "retriever_resource": {"enabled": False}, "annotation_reply": {"enabled": False},
+            "more_like_this": {"enabled": False}, "sensitive_word_avoidance": {"enabled": False},
+            "user_input_form": [{"paragraph": {"label": "Query", "variable": "query", "required": True,
+                                               "default": ""}}],
+            "file_upload": {"image": {"enabled": False, "number_limits": 3, "detail": "high",
+                                      "transfer_methods": ["remote_url", "local_file"]}},
+            "system_parameters": {"file_size_limit": 15, "image_file_size_limit": 10, "audio_file_size_limit": 50,
+                                  "video_file_size_limit": 100, "workflow_file_upload_limit": 10},
+        }))
+
+    async def info(self, request: Request) -> Response:
+        _, denied = self.authorize(request)
+        if denied is not None:
+            return denied
+        return self.reply(_json({"name": "Mock workflow", "description": "dify-runner's mock of Dify",
+                                 "tags": [], "mode": "workflow", "author_name": "dify-runner"}))
+
+    async def mock_stats(self, request: Request) -> Response:
+        return _json(self.stats.as_dict())
+
+    async def mock_reset(self, request: Request) -> Response:
+        self.stats.reset()
+        return _json({"result": "success"})
+
+
+def create_mock_app(options: MockOptions | None = None) -> Starlette:
+    mock = MockDify(options or MockOptions())
+    app = Starlette(routes=[
+        Route("/v1/workflows/run", mock.run_workflow, methods=["POST"]),
+        Route("/v1/workflows/tasks/{task_id}/stop", mock.stop_task, methods=["POST"]),
+        Route("/v1/workflows/run/{run_id}", mock.run_detail, methods=["GET"]),
+        Route("/v1/parameters", mock.parameters, methods=["GET"]),
+        Route("/v1/info", mock.info, methods=["GET"]),
+        Route("/_mock/stats", mock.mock_stats, methods=["GET"]),
+        Route("/_mock/reset", mock.mock_reset, methods=["POST"]),
+    ])
+    app.state.mock = mock
+    return app
+
+
+def serve(options: MockOptions, host: str = "127.0.0.1", port: int = 5001) -> None:
+    """Run the mock until interrupted."""
+    import uvicorn
+
+    uvicorn.run(create_mock_app(options), host=host, port=port, log_level="warning", access_log=False,
+                backlog=4096, timeout_keep_alive=30)
