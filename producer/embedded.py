@@ -160,6 +160,7 @@ class InProcessWorker:
         # Pool threads look tasks up on the default app (current_app is thread-local
         # and unset in them): without this they raise NotRegistered, silently.
         self.app.set_default()
+        self.app.conf.worker_concurrency = self.concurrency  # sizes the worker's HTTP pool
         self._controller = _ReadyWorkController(
             app=self.app,
             pool_cls="threads",

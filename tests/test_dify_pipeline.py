@@ -63,3 +63,24 @@ def test_a_run_against_the_mock(
     assert wrong.task_status is TaskStatus.FAILED and wrong.attempt_count == 1
     assert "401 unauthorized" in (wrong.error_message or "") and "app-wrong" not in (wrong.error_message or "")
     assert mock_dify.stats()["requests"] > 0
+
+
+def test_cancelling_a_run_stops_its_streaming_calls_in_dify(
+    tmp_path: Path, app: Celery, store: RunStore, worker: InProcessWorker, mock_dify: MockDifyProcess,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    monkeypatch.setenv("MOCK_KEY", "app-mock")
+    plan = stub_plan([{"id": f"slow{i}", "inputs": {"_mock": {"latency_ms": 5000}}} for i in range(3)])
+    plan["workflows"] = [{"id": "stream", "base_url": mock_dify.base_url, "api_key_env": "MOCK_KEY"}]
+    manifest = manifest_for(tmp_path, plan)
+    timer = threading.Timer(0.7, lambda: store.cancel(manifest.run_id, "cancelled by test"))
+    timer.start()
+    info = run_manifest(app, store, manifest, timeout=30)
+    timer.join()
+    results = list(store.iter_task_results(manifest.run_id, info.batch_count))
+    assert [r.task_status for r in results] == [TaskStatus.CANCELLED] * 3
+    assert all(r.attempt_count == 1 and "Dify run stopped" in (r.error_message or "") for r in results)
+    assert all(r.execution_time < 3 for r in results)  # stopped, not run to the end
+    assert mock_dify.stats()["stops"] == 3

@@ -10,7 +10,10 @@ optionally ``DIFY_RUNNER_RESULT_BACKEND``); both must be Redis.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.signals import celeryd_init
 
 from ..config.settings import Settings
 from .backend import BACKEND_PATH
@@ -52,6 +55,14 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
     app.dify_runner_state_url = backend  # type: ignore[attr-defined]
     register_tasks(app)
     return app
+
+
+@celeryd_init.connect
+def _record_concurrency(conf: Any = None, options: dict[str, Any] | None = None, **_: Any) -> None:
+    """`celery worker --concurrency N` does not reach app.conf; the HTTP pool is sized from it."""
+    concurrency = (options or {}).get("concurrency")
+    if conf is not None and concurrency:
+        conf.worker_concurrency = int(concurrency)
 
 
 def __getattr__(name: str) -> Celery:

@@ -17,7 +17,7 @@ import httpx
 
 from ..config.plan import WorkflowConfig
 from .deadline import Deadline, SocketWatchdog
-from .exceptions import DifyRunnerError, TaskExecutionException, TaskTimeoutException
+from .exceptions import DifyRunnerError, TaskCancelledException, TaskExecutionException, TaskTimeoutException
 
 # 4xx codes that will not heal on retry: the plan or the app needs fixing.
 PERMANENT_CODES = frozenset(
@@ -35,6 +35,8 @@ PERMANENT_CODES = frozenset(
     }
 )
 CONNECT_TIMEOUT = 10.0
+# How often a streaming run asks whether its run was cancelled (a Redis read each time).
+STOP_CHECK_INTERVAL = 0.5
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
@@ -84,9 +86,12 @@ class DifyClient:
         inputs: dict[str, Any],
         deadline: Deadline,
         on_started: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """One run. ``on_started(task_id)`` is called when a streaming run has started
-        (the id that ``stop`` needs)."""
+        (the id that ``stop`` needs). While a streaming run goes on, ``should_stop()`` is
+        asked now and then; once it says yes, Dify is asked to stop the run and the
+        attempt ends with TaskCancelledException."""
         body = {"inputs": inputs, "response_mode": workflow.response_mode, "user": workflow.user}
         remaining = deadline.remaining()
         timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining, pool=remaining)
@@ -104,7 +109,8 @@ class DifyClient:
                             raise _error_from_response(response, _read_body(response, deadline))
                         if workflow.response_mode == "blocking":
                             return _parse_blocking(_read_body(response, deadline))
-                        return _parse_stream(response, deadline, started, on_started)
+                        stopper = _Stopper(self, workflow, api_key, should_stop)
+                        return _parse_stream(response, deadline, started, on_started, stopper)
                     except (httpx.TransportError, DifyServerError):
                         if watchdog.fired or deadline.expired():
                             raise _timeout(deadline) from None
@@ -194,8 +200,30 @@ def _parse_blocking(raw: bytes) -> dict[str, Any]:
     }
 
 
+class _Stopper:
+    """Asks ``should_stop`` at most every STOP_CHECK_INTERVAL, and stops the Dify run once."""
+
+    def __init__(self, client: DifyClient, workflow: WorkflowConfig, api_key: str,
+                 should_stop: Callable[[], bool] | None) -> None:
+        self.client, self.workflow, self.api_key, self.should_stop = client, workflow, api_key, should_stop
+        self.requested = False
+        self._next_check = time.monotonic() + STOP_CHECK_INTERVAL
+
+    def poll(self, task_id: str | None) -> None:
+        if self.should_stop is None or self.requested or task_id is None or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + STOP_CHECK_INTERVAL
+        if self.should_stop():
+            self.requested = True
+            try:
+                self.client.stop(self.workflow, self.api_key, task_id)
+            except httpx.HTTPError:
+                pass  # the run is cancelled on our side either way; Dify may finish it
+
+
 def _parse_stream(
-    response: httpx.Response, deadline: Deadline, started: float, on_started: Callable[[str], None] | None
+    response: httpx.Response, deadline: Deadline, started: float, on_started: Callable[[str], None] | None,
+    stopper: _Stopper,
 ) -> dict[str, Any]:
     result: dict[str, Any] = {"cost": None, "currency": None, "time_to_first_event": None, "ttft": None}
     cost = Decimal(0)
@@ -203,6 +231,7 @@ def _parse_stream(
     for line in response.iter_lines():
         if deadline.expired():
             raise _timeout(deadline)
+        stopper.poll(result.get("dify_task_id"))
         if not line.startswith("data:"):
             continue  # blank separators, `event: ping` keep-alives
         event = _json_object(line[5:].strip(), "stream event")
@@ -244,5 +273,9 @@ def _parse_stream(
                 total_steps=data.get("total_steps") or 0,
             )
             result["cost"] = float(cost) if priced else 0.0
+            if stopper.requested:
+                raise TaskCancelledException(f"run cancelled: Dify run stopped (status {result['status']})")
             return result
+    if stopper.requested:
+        raise TaskCancelledException("run cancelled: Dify run stopped")
     raise DifyServerError("stream ended before workflow_finished")

@@ -3,7 +3,8 @@
     DifyRunnerError
     ├── ExecutorException          the executor itself cannot run (bad manifest, no cases)
     ├── TaskExecutionException     a case failed: FAILED, retried unless ``retryable`` is False
-    └── TaskTimeoutException       a case outlived timeout_per_task: TIMEOUT, retried
+    ├── TaskTimeoutException       a case outlived timeout_per_task: TIMEOUT, retried
+    └── TaskCancelledException     the run was cancelled while the case ran: CANCELLED, not retried
 
 Any other exception raised while running a case means ERROR and is retried.
 """
@@ -33,3 +34,7 @@ class TaskExecutionException(DifyRunnerError):
 
 class TaskTimeoutException(DifyRunnerError):
     """A case did not finish within its deadline: status TIMEOUT."""
+
+
+class TaskCancelledException(DifyRunnerError):
+    """The run was cancelled during the attempt (e.g. a streaming run was stopped): CANCELLED."""

@@ -4,6 +4,7 @@ Exception to status (the seeds' table, extended for the Dify client):
 
     TaskExecutionException (incl. DifyAPIError)   FAILED    retried unless .retryable is False
     TaskTimeoutException, SoftTimeLimitExceeded   TIMEOUT   retried
+    TaskCancelledException                        CANCELLED not retried
     ConfigurationError                            ERROR     not retried
     any other exception (incl. DifyServerError)   ERROR     retried
     (none)                                        SUCCEEDED not retried
@@ -26,7 +27,7 @@ from ..config.manifest import Task
 from ..config.plan import StubConfig
 from .deadline import Deadline
 from .dify_client import ConfigurationError, DifyClient
-from .exceptions import TaskExecutionException, TaskTimeoutException
+from .exceptions import TaskCancelledException, TaskExecutionException, TaskTimeoutException
 from .messages import CaseMessage
 from .models import TaskStatus, TestResult, TestStatus
 from .stub import run_stub
@@ -83,15 +84,20 @@ def run_attempt(
     attempt: int,
     dify: Callable[[], DifyClient],
     hooks: RunHooks | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> AttemptOutcome:
-    """Run attempt number ``attempt`` (1-based) of the case in ``message``."""
+    """Run attempt number ``attempt`` (1-based) of the case in ``message``.
+
+    ``cancelled()`` tells whether the run has been cancelled meanwhile; a streaming
+    Dify run asks it now and then and stops itself (and Dify's run) when it says yes.
+    """
     task = message.task.model_copy(update={"attempt_count": attempt})
     now_fn = (hooks.now_fn if hooks and hooks.now_fn else None) or (lambda: datetime.now(timezone.utc))
     started_at = now_fn()
     clock = time.monotonic()
     deadline = Deadline(message.policy.timeout_per_task)
     try:
-        value = _call_target(message, task, deadline, dify, hooks)
+        value = _call_target(message, task, deadline, dify, hooks, cancelled)
         test_result = _to_test_result(value, task, started_at)
         status = _STATUS_FROM_TEST[test_result.status]
         error = test_result.error_message
@@ -99,6 +105,8 @@ def run_attempt(
     except (TaskTimeoutException, SoftTimeLimitExceeded) as exc:
         message_text = str(exc) or f"exceeded timeout_per_task ({deadline.seconds:g} s)"
         return AttemptOutcome(TaskStatus.TIMEOUT, started_at, time.monotonic() - clock, message_text)
+    except TaskCancelledException as exc:
+        return AttemptOutcome(TaskStatus.CANCELLED, started_at, time.monotonic() - clock, str(exc), retryable=False)
     except TaskExecutionException as exc:
         return AttemptOutcome(
             TaskStatus.FAILED,
@@ -133,6 +141,7 @@ def _call_target(
     deadline: Deadline,
     dify: Callable[[], DifyClient],
     hooks: RunHooks | None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Any:
     if message.executor == "hook":
         if hooks is None or hooks.execution_func is None:
@@ -160,7 +169,7 @@ def _call_target(
             f"environment variable {workflow.api_key_env} (the API key of workflow "
             f"{workflow.id!r}) is not set in this worker"
         )
-    return dify().run_workflow(workflow, api_key, task.parameters, deadline)
+    return dify().run_workflow(workflow, api_key, task.parameters, deadline, should_stop=cancelled)
 
 
 def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:

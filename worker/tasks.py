@@ -46,7 +46,8 @@ class WorkerRuntime:
         self.settings: Settings = getattr(app, "dify_runner_settings", None) or Settings.from_env()
         url = app.dify_runner_state_url  # type: ignore[attr-defined]
         self.store = RunStore(redis.Redis.from_url(url), self.settings.result_ttl_seconds)
-        self.pool_size = max(10, int(app.conf.worker_concurrency or 10))
+        # One httpx pool per process, as large as the cases it runs at once.
+        self.pool_size = max(1, int(app.conf.worker_concurrency or 10))
         self._dify: DifyClient | None = None
         # A retry waits in the worker's memory, unacknowledged; past the visibility
         # timeout the broker would deliver it again (kombu#337), so stay well below.
@@ -112,8 +113,9 @@ def _attempt_or_retry(
     if reason is not None:
         now = datetime.now(timezone.utc)
         outcome = AttemptOutcome(TaskStatus.CANCELLED, now, 0.0, f"cancelled before attempt {attempt}: {reason}")
-        return _finish(rt, message, attempt - 1, history, outcome)
-    outcome = run_attempt(message, attempt, rt.dify, hooks)
+        return _finish(rt, message, attempt - 1, history, outcome, ran=False)
+    outcome = run_attempt(message, attempt, rt.dify, hooks,
+                          cancelled=lambda: _cancel_reason(rt, message, hooks) is not None)
     policy = message.policy.retry_policy
     if (
         outcome.status.is_retryable
@@ -158,9 +160,11 @@ def _record(attempt: int, outcome: AttemptOutcome, countdown: float | None = Non
 
 
 def _finish(
-    rt: WorkerRuntime | None, message: CaseMessage, attempt: int, history: list[AttemptRecord], outcome: AttemptOutcome
+    rt: WorkerRuntime | None, message: CaseMessage, attempt: int, history: list[AttemptRecord],
+    outcome: AttemptOutcome, ran: bool = True,
 ) -> dict[str, Any]:
-    if outcome.status is not TaskStatus.CANCELLED:
+    """The final TaskResult. ``ran=False``: cancelled before another attempt started."""
+    if ran:
         history.append(_record(attempt, outcome))
     task = message.task
     result = TaskResult(
@@ -168,7 +172,7 @@ def _finish(
         workflow_id=task.workflow_id,
         task_status=outcome.status,
         created_at=datetime.fromisoformat(message.created_at) if message.created_at else outcome.started_at,
-        started_at=outcome.started_at if attempt > 0 else None,
+        started_at=outcome.started_at if ran else None,
         finished_at=datetime.now(timezone.utc),
         execution_time=round(outcome.execution_time, 6),
         attempt_count=attempt,

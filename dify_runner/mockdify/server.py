@@ -176,14 +176,19 @@ class MockDify:
         finally:
             self.stats.leave_run()
 
-    async def _pause(self, seconds: float) -> AsyncIterator[bytes]:
-        """Sleep ``seconds``, sending Dify's bare ping every ping_interval meanwhile."""
-        interval = self.options.ping_interval
-        while seconds > interval:
-            await asyncio.sleep(interval)
-            seconds -= interval
-            yield b"event: ping\n\n"
-        await asyncio.sleep(seconds)
+    async def _pause(self, run: MockRun, seconds: float) -> AsyncIterator[bytes]:
+        """Sleep ``seconds`` (less once the run is asked to stop), sending Dify's bare
+        ping every ping_interval meanwhile."""
+        end = time.monotonic() + seconds
+        next_ping = time.monotonic() + self.options.ping_interval
+        while not run.stop_requested:
+            now = time.monotonic()
+            if now >= end:
+                return
+            if now >= next_ping:
+                next_ping += self.options.ping_interval
+                yield b"event: ping\n\n"
+            await asyncio.sleep(min(0.05, end - now, max(0.0, next_ping - now)))
 
     async def _stream(self, run: MockRun) -> AsyncIterator[bytes]:
         behaviour = run.behaviour
@@ -201,7 +206,7 @@ class MockDify:
             for index in range(behaviour.llm_nodes):
                 node = run.node(2 + index, "llm", f"LLM {index + 1}")
                 yield _sse(run.envelope("node_started", node))
-                async for ping in self._pause(per_node):
+                async for ping in self._pause(run, per_node):
                     yield ping
                 if run.stop_requested:
                     run.status = "stopped"
