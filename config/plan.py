@@ -59,11 +59,17 @@ class StopConditions(StrictModel):
 
 
 class RateControl(StrictModel):
-    """Request rate limits for the run (enforced fleet-wide, see the README)."""
+    """Request rate limits, enforced across the whole fleet (see the README).
 
-    requests_per_second: float | None = Field(None, gt=0)
-    requests_per_minute: float | None = Field(None, gt=0)
-    burst: int | None = Field(None, ge=1)
+    ``burst``: how many requests may start back to back before the rate applies (default 1:
+    evenly spaced). ``scope``: one limit for this run, or one per Dify base URL shared by
+    every run that targets it.
+    """
+
+    requests_per_second: float | None = Field(None, gt=0, le=100_000)
+    requests_per_minute: float | None = Field(None, gt=0, le=6_000_000)
+    burst: int | None = Field(None, ge=1, le=100_000)
+    scope: Literal["run", "base_url"] = "run"
 
 
 class ExecutionPolicy(StrictModel):

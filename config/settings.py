@@ -22,8 +22,9 @@ class Settings(BaseModel):
     runs_dir: Path = Path("runs")
     # How long run state and results stay in Redis after a run is submitted.
     result_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
-    # Must exceed the longest task plus its longest retry countdown (kombu#337).
-    visibility_timeout: int = Field(3600, ge=60)
+    # Seconds before Redis hands an unacknowledged message to another worker: it must
+    # exceed the longest attempt (retry waits are cut into short hops, kombu#337).
+    visibility_timeout: int = Field(3600, ge=10)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -31,7 +31,7 @@ from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
 from .progress import ProgressReporter, counts_text
 from .reports import print_summary, write_reports
-from .submission import submit
+from .submission import HARD_LIMIT_GRACE, submit
 from .waiting import RunNotFound, wait_for_run
 
 EXIT_OK, EXIT_NOT_ALL_PASSED, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -55,14 +55,12 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
             warnings.append(
                 f"workflow {workflow.id!r}: {workflow.api_key_env} is not set here; workers need it in their environment"
             )
-    if plan.execution.rate_control is not None:
-        warnings.append("execution.rate_control is read but not enforced yet (see the README's policy reference)")
-    retry = plan.execution.retry_policy
-    longest = retry.countdown(max(1, retry.max_attempts - 1))
-    if retry.max_attempts > 1 and longest > settings.visibility_timeout / 2:
+    longest = plan.execution.stop_conditions.timeout_per_task + HARD_LIMIT_GRACE
+    if longest >= settings.visibility_timeout:
         warnings.append(
-            f"execution.retry_policy: the longest backoff ({longest:g} s) will be capped at "
-            f"{settings.visibility_timeout / 2:g} s (half the broker visibility timeout)"
+            f"execution.stop_conditions.timeout_per_task: a case may run {longest:g} s, longer than the broker "
+            f"visibility timeout ({settings.visibility_timeout} s, DIFY_RUNNER_VISIBILITY_TIMEOUT): Redis would "
+            "hand a running case to a second worker"
         )
     return warnings
 
@@ -115,16 +113,35 @@ def _finish(console: Console, store: RunStore, info: RunInfo, out_root: Path) ->
     return EXIT_OK if stats is not None and stats.total_tasks and stats.succeeded_tasks == stats.total_tasks else EXIT_NOT_ALL_PASSED
 
 
-def _wait(console: Console, store: RunStore, run_id: str, show_progress: bool) -> RunInfo:
+def _ask_on_interrupt(console: Console, run_id: str, can_detach: bool) -> str:
+    """What Ctrl+C means: ask on a terminal; cancel when nobody can answer (CI)."""
+    if not sys.stdin.isatty():
+        return "cancel"
+    options = "[c]ancel the run, [d]etach (it goes on), or Enter to keep waiting" if can_detach else \
+        "[c]ancel the run, or Enter to keep waiting"
+    answer = console.input(f"\n[bold]interrupted[/]: {options}? ").strip().lower()
+    if answer.startswith("c"):
+        return "cancel"
+    if answer.startswith("d") and can_detach:
+        return "detach"
+    return "wait"
+
+
+def _wait(console: Console, store: RunStore, run_id: str, show_progress: bool, can_detach: bool = True) -> RunInfo:
     reporter = ProgressReporter(console, enabled=show_progress)
     try:
-        try:
-            return wait_for_run(store, run_id, reporter)
-        except KeyboardInterrupt:
-            reporter.close()
-            store.cancel(run_id, "interrupted (Ctrl+C)")
-            console.print("[yellow]cancelling: cases not started end CANCELLED (Ctrl+C again to leave)[/]")
-            return wait_for_run(store, run_id, reporter)
+        while True:
+            try:
+                return wait_for_run(store, run_id, reporter)
+            except KeyboardInterrupt:
+                reporter.close()
+                choice = _ask_on_interrupt(console, run_id, can_detach)
+                if choice == "cancel":
+                    store.cancel(run_id, "interrupted (Ctrl+C)")
+                    console.print("[yellow]cancelling: unfinished cases end CANCELLED; reports follow[/]")
+                elif choice == "detach":
+                    console.print(f"run {run_id} goes on; `dify-runner wait {run_id}` picks it up", highlight=False)
+                    raise
     finally:
         reporter.close()
 
@@ -151,7 +168,8 @@ def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> i
         submit(app, store, manifest)
         console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
                       f"{manifest.batch_count} batches on {where}", highlight=False)
-        info = _wait(console, store, manifest.run_id, not args.no_progress)
+        # The embedded default's run dies with this process: it can be cancelled, not left.
+        info = _wait(console, store, manifest.run_id, not args.no_progress, can_detach=where.startswith("the fleet"))
         return _finish(console, store, info, Path(args.out or settings.runs_dir))
 
 
@@ -200,6 +218,21 @@ def cmd_report(args: argparse.Namespace, console: Console, settings: Settings) -
         raise UsageError(f"run {args.run_id} is still running ({info.batches_done}/{info.batch_count} batches done); "
                          "use `dify-runner wait`")
     return _finish(console, store, info, Path(args.out or settings.runs_dir))
+
+
+def cmd_cancel(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    store = _fleet_store(_require_broker(args, settings), settings)
+    info = _get_info(store, args.run_id)
+    if info.finished:
+        console.print(f"run {args.run_id} has already finished", highlight=False)
+        return EXIT_OK
+    reason = "cancelled with `dify-runner cancel`" + (f": {args.reason}" if args.reason else "")
+    if not store.cancel(args.run_id, reason):
+        console.print(f"run {args.run_id} was already cancelled", highlight=False)
+        return EXIT_OK
+    console.print(f"run {args.run_id} cancelled: cases not started end CANCELLED, streaming calls are stopped; "
+                  f"`dify-runner wait {args.run_id}` shows the end", highlight=False)
+    return EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -254,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p = add("cancel", "cancel a run from any terminal: unfinished cases end CANCELLED")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--reason", help="recorded as the run's stop reason")
     p = add("report", "write the reports of a finished run (report.json, junit.xml)")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
@@ -283,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
-    "report": cmd_report, "validate": cmd_validate, "worker": cmd_worker, "mock-dify": cmd_mock_dify,
+    "report": cmd_report, "cancel": cmd_cancel, "validate": cmd_validate, "worker": cmd_worker, "mock-dify": cmd_mock_dify,
 }
 
 

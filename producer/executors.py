@@ -163,7 +163,8 @@ class StubExecutor(ConcurrentExecutor):
         sleep_fn = self.sleep_fn
 
         def stub(task: Task, cancellation_token: Any = None) -> dict[str, Any]:
-            return run_stub(task, config, Deadline(timeout), sleep_fn)
+            cancelled = cancellation_token.is_cancelled if cancellation_token is not None else None
+            return run_stub(task, config, Deadline(timeout), sleep_fn, cancelled)
 
         return stub
 

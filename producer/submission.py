@@ -32,6 +32,8 @@ def submit(app: Celery, store: RunStore, manifest: RunManifest, executor: str = 
         retry_policy=execution.retry_policy,
         timeout_per_task=execution.stop_conditions.timeout_per_task,
         max_failures=execution.stop_conditions.max_failures,
+        concurrency=execution.concurrency,
+        rate_control=execution.rate_control,
     )
     workflows = {w.id: w for w in manifest.workflows}
     created_at = manifest.created_at.isoformat()

@@ -44,8 +44,14 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
         worker_prefetch_multiplier=1,
         result_expires=settings.result_ttl_seconds,
         # Unacked messages (running, or waiting for a retry ETA) are redelivered after
-        # this; retry countdowns are capped well below it (kombu#337).
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        # this; retry waits are cut into hops of a few seconds, far below it (kombu#337).
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            # Sweep for messages of dead workers every few seconds (kombu's default
+            # interval x throttle is 100 s), so they come back soon after the timeout.
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
+            "unacked_restore_throttle": 1,
+        },
         task_default_queue=QUEUE,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,

@@ -33,20 +33,47 @@ class Deadline:
 
 
 class SocketWatchdog:
-    """Shut a socket down when a deadline passes, unblocking a thread stuck reading it.
+    """Shut a socket down when a deadline passes or the run is cancelled.
 
     httpx's read timeout bounds each read, not the whole body: a server that trickles a
     byte now and then never trips it. Shutting the socket makes the blocked read return,
-    so a response can never outlive its deadline by more than the scheduling delay.
+    so a response can never outlive its deadline by more than the scheduling delay. The
+    same thread asks ``should_stop`` every ``interval``; when it says yes, ``on_stop``
+    runs (e.g. to stop the run in Dify) before the socket is shut.
     """
 
-    def __init__(self, deadline: Deadline, sock: socket.socket | None) -> None:
+    def __init__(
+        self,
+        deadline: Deadline,
+        sock: socket.socket | None,
+        should_stop: Callable[[], bool] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        interval: float = 0.5,
+    ) -> None:
         self.fired = False
+        self.cancelled = False
+        self._deadline = deadline
         self._sock = sock
-        self._timer = threading.Timer(deadline.remaining(), self._fire) if sock is not None else None
+        self._should_stop = should_stop
+        self._on_stop = on_stop
+        self._interval = interval
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="dify-runner-watchdog", daemon=True)
 
-    def _fire(self) -> None:
-        self.fired = True
+    def _watch(self) -> None:
+        while not self._done.wait(min(self._interval, self._deadline.remaining())):
+            if self._deadline.expired():
+                self.fired = True
+            elif self._should_stop is not None and self._should_stop():
+                self.cancelled = True
+                if self._on_stop is not None:
+                    self._on_stop()
+            else:
+                continue
+            self._shut()
+            return
+
+    def _shut(self) -> None:
         try:
             assert self._sock is not None
             self._sock.shutdown(socket.SHUT_RDWR)
@@ -54,9 +81,8 @@ class SocketWatchdog:
             pass  # already closed: nothing left to unblock
 
     def __enter__(self) -> SocketWatchdog:
-        if self._timer is not None:
-            self._timer.daemon = True
-            self._timer.start()
+        if self._sock is not None:
+            self._thread.start()
         return self
 
     def __exit__(
@@ -65,5 +91,4 @@ class SocketWatchdog:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._done.set()

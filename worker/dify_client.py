@@ -35,7 +35,7 @@ PERMANENT_CODES = frozenset(
     }
 )
 CONNECT_TIMEOUT = 10.0
-# How often a streaming run asks whether its run was cancelled (a Redis read each time).
+# How often an attempt in flight asks whether its run was cancelled.
 STOP_CHECK_INTERVAL = 0.5
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
@@ -89,29 +89,41 @@ class DifyClient:
         should_stop: Callable[[], bool] | None = None,
     ) -> dict[str, Any]:
         """One run. ``on_started(task_id)`` is called when a streaming run has started
-        (the id that ``stop`` needs). While a streaming run goes on, ``should_stop()`` is
-        asked now and then; once it says yes, Dify is asked to stop the run and the
-        attempt ends with TaskCancelledException."""
+        (the id that ``stop`` needs). While the call is in flight ``should_stop()`` is asked
+        every STOP_CHECK_INTERVAL; once it says yes, a streaming run is stopped in Dify, the
+        call is abandoned and TaskCancelledException is raised."""
         body = {"inputs": inputs, "response_mode": workflow.response_mode, "user": workflow.user}
         remaining = deadline.remaining()
         timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining, pool=remaining)
         headers = {"Authorization": f"Bearer {api_key}"}
         started = time.monotonic()
+        # Filled in while the stream is read; the watchdog needs Dify's task id to stop the run.
+        result: dict[str, Any] = {"cost": None, "currency": None, "time_to_first_event": None, "ttft": None}
+
+        def stop_in_dify() -> None:
+            task_id = result.get("dify_task_id")
+            if task_id:  # only a streaming run can be stopped (and only once it started)
+                try:
+                    self.stop(workflow, api_key, str(task_id))
+                except httpx.HTTPError:
+                    pass  # cancelled on our side either way; Dify may finish the run
+
         try:
             with self.http.stream(
                 "POST", f"{workflow.base_url}/workflows/run", json=body, headers=headers, timeout=timeout
             ) as response:
                 stream = response.extensions.get("network_stream")
                 sock = stream.get_extra_info("socket") if stream is not None else None
-                with SocketWatchdog(deadline, sock) as watchdog:
+                with SocketWatchdog(deadline, sock, should_stop, stop_in_dify, STOP_CHECK_INTERVAL) as watchdog:
                     try:
                         if response.status_code >= 400:
                             raise _error_from_response(response, _read_body(response, deadline))
                         if workflow.response_mode == "blocking":
                             return _parse_blocking(_read_body(response, deadline))
-                        stopper = _Stopper(self, workflow, api_key, should_stop)
-                        return _parse_stream(response, deadline, started, on_started, stopper)
+                        return _parse_stream(response, deadline, started, on_started, result)
                     except (httpx.TransportError, DifyServerError):
+                        if watchdog.cancelled:
+                            raise TaskCancelledException("run cancelled: the call to Dify was stopped") from None
                         if watchdog.fired or deadline.expired():
                             raise _timeout(deadline) from None
                         raise
@@ -200,38 +212,15 @@ def _parse_blocking(raw: bytes) -> dict[str, Any]:
     }
 
 
-class _Stopper:
-    """Asks ``should_stop`` at most every STOP_CHECK_INTERVAL, and stops the Dify run once."""
-
-    def __init__(self, client: DifyClient, workflow: WorkflowConfig, api_key: str,
-                 should_stop: Callable[[], bool] | None) -> None:
-        self.client, self.workflow, self.api_key, self.should_stop = client, workflow, api_key, should_stop
-        self.requested = False
-        self._next_check = time.monotonic() + STOP_CHECK_INTERVAL
-
-    def poll(self, task_id: str | None) -> None:
-        if self.should_stop is None or self.requested or task_id is None or time.monotonic() < self._next_check:
-            return
-        self._next_check = time.monotonic() + STOP_CHECK_INTERVAL
-        if self.should_stop():
-            self.requested = True
-            try:
-                self.client.stop(self.workflow, self.api_key, task_id)
-            except httpx.HTTPError:
-                pass  # the run is cancelled on our side either way; Dify may finish it
-
-
 def _parse_stream(
     response: httpx.Response, deadline: Deadline, started: float, on_started: Callable[[str], None] | None,
-    stopper: _Stopper,
+    result: dict[str, Any],
 ) -> dict[str, Any]:
-    result: dict[str, Any] = {"cost": None, "currency": None, "time_to_first_event": None, "ttft": None}
     cost = Decimal(0)
     priced = False
     for line in response.iter_lines():
         if deadline.expired():
             raise _timeout(deadline)
-        stopper.poll(result.get("dify_task_id"))
         if not line.startswith("data:"):
             continue  # blank separators, `event: ping` keep-alives
         event = _json_object(line[5:].strip(), "stream event")
@@ -273,9 +262,5 @@ def _parse_stream(
                 total_steps=data.get("total_steps") or 0,
             )
             result["cost"] = float(cost) if priced else 0.0
-            if stopper.requested:
-                raise TaskCancelledException(f"run cancelled: Dify run stopped (status {result['status']})")
             return result
-    if stopper.requested:
-        raise TaskCancelledException("run cancelled: Dify run stopped")
     raise DifyServerError("stream ended before workflow_finished")

@@ -75,6 +75,7 @@ class AttemptOutcome:
     error_message: str | None = None
     retryable: bool = True
     retry_after: float | None = None
+    throttled: bool = False  # Dify answered 429
     test_result: TestResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -115,6 +116,7 @@ def run_attempt(
             str(exc),
             retryable=exc.retryable,
             retry_after=getattr(exc, "retry_after", None),
+            throttled=getattr(exc, "http_status", None) == 429,
         )
     except Exception as exc:  # noqa: BLE001 - any other exception is the ERROR status
         return AttemptOutcome(
@@ -156,7 +158,7 @@ def _call_target(
     workflow = message.workflow
     if workflow.is_stub:
         sleep_fn = hooks.sleep_fn if hooks and hooks.sleep_fn else time.sleep
-        return run_stub(task, workflow.stub or StubConfig(), deadline, sleep_fn)
+        return run_stub(task, workflow.stub or StubConfig(), deadline, sleep_fn, cancelled)
     if workflow.is_mock:
         raise ConfigurationError(
             f"workflow {workflow.id!r} targets the mock, which only the embedded default starts; "

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config.manifest import Task
-from ..config.plan import RetryPolicy, WorkflowConfig
+from ..config.plan import RateControl, RetryPolicy, WorkflowConfig
 
 
 class AttemptPolicy(BaseModel):
@@ -23,6 +23,8 @@ class AttemptPolicy(BaseModel):
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     timeout_per_task: float = 300.0
     max_failures: int | None = None
+    concurrency: int = 5
+    rate_control: RateControl | None = None
 
 
 class CaseMessage(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any
 from ..config.manifest import Task
 from ..config.plan import StubConfig
 from .deadline import Deadline
-from .exceptions import TaskExecutionException, TaskTimeoutException
+from .exceptions import TaskCancelledException, TaskExecutionException, TaskTimeoutException
 
 _FLAKY = re.compile(r"^flaky:(\d+)$")
 
@@ -34,21 +34,34 @@ def behavior_for(task: Task, config: StubConfig) -> str:
     return "success"
 
 
+def _sleep(seconds: float, sleep_fn: Callable[[float], None], cancelled: Callable[[], bool] | None) -> None:
+    """Sleep, in short slices that watch for cancellation when sleeping for real."""
+    if cancelled is None or sleep_fn is not time.sleep:
+        sleep_fn(seconds)
+        return
+    end = time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        if cancelled():
+            raise TaskCancelledException("run cancelled during the stub's delay")
+        sleep_fn(min(0.1, left))
+
+
 def run_stub(
     task: Task,
     config: StubConfig,
     deadline: Deadline,
     sleep_fn: Callable[[float], None] = time.sleep,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Run one attempt of ``task`` against the stub; returns the seed's execution dict."""
     behavior = behavior_for(task, config)
     if config.simulated_delay > 0:
         if config.simulated_delay > deadline.remaining():
-            sleep_fn(deadline.remaining())
+            _sleep(deadline.remaining(), sleep_fn, cancelled)
             raise TaskTimeoutException(
                 f"stub delay {config.simulated_delay:g} s exceeds timeout_per_task ({deadline.seconds:g} s)"
             )
-        sleep_fn(config.simulated_delay)
+        _sleep(config.simulated_delay, sleep_fn, cancelled)
     flaky = _FLAKY.match(behavior)
     if flaky:
         behavior = "failure" if task.attempt_count <= int(flaky.group(1)) else "success"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,11 +24,16 @@ from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import CaseMessage
 from .models import AttemptRecord, TaskResult, TaskStatus
+from .run_control import Admission, RunGate
 from .statistics import BatchSummary
 from .store import RunStore
 
 RUN_CASE = "dify_runner.run_case"
 FINISH_BATCH = "dify_runner.finish_batch"
+# A retry's wait is cut into hops no longer than this (see _retry).
+RETRY_HOP_SECONDS = 5.0
+# How stale a worker's view of a run's cancel flag may be.
+CANCEL_CHECK_SECONDS = 0.25
 FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR})
 # Statuses whose latency is a real answer time (a timeout's latency is the timeout).
 ANSWERED_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED})
@@ -36,7 +42,7 @@ log = logging.getLogger("dify_runner.worker")
 
 
 class WorkerRuntime:
-    """Per-process resources: the run store's Redis client and the Dify HTTP client.
+    """Per-process resources: the run store, the run gate, the Dify HTTP client.
 
     Created lazily and again after a fork, so prefork children never share sockets.
     """
@@ -44,19 +50,35 @@ class WorkerRuntime:
     def __init__(self, app: Celery) -> None:
         self.pid = os.getpid()
         self.settings: Settings = getattr(app, "dify_runner_settings", None) or Settings.from_env()
-        url = app.dify_runner_state_url  # type: ignore[attr-defined]
-        self.store = RunStore(redis.Redis.from_url(url), self.settings.result_ttl_seconds)
+        client = redis.Redis.from_url(app.dify_runner_state_url)  # type: ignore[attr-defined]
+        self.store = RunStore(client, self.settings.result_ttl_seconds)
+        self.gate = RunGate(client, self.settings.result_ttl_seconds)
+        # A case waits this long for a concurrency slot, then goes back to the queue: its
+        # message must be acknowledged well within the broker's visibility timeout.
+        self.max_slot_wait = min(30.0, self.settings.visibility_timeout / 3)
         # One httpx pool per process, as large as the cases it runs at once.
         self.pool_size = max(1, int(app.conf.worker_concurrency or 10))
         self._dify: DifyClient | None = None
-        # A retry waits in the worker's memory, unacknowledged; past the visibility
-        # timeout the broker would deliver it again (kombu#337), so stay well below.
-        self.max_countdown = self.settings.visibility_timeout / 2
+        self._cancelled: dict[str, tuple[float, str | None]] = {}
 
     def dify(self) -> DifyClient:
         if self._dify is None:
             self._dify = DifyClient.create(self.pool_size)
         return self._dify
+
+    def cancel_reason(self, run_id: str, fresh: bool = False) -> str | None:
+        """The run's cancel flag. Polling loops (waiting for a slot, watching a call in
+        flight) pass fresh=False and read Redis at most every CANCEL_CHECK_SECONDS per
+        process; decisions to start an attempt read it fresh."""
+        now = time.monotonic()
+        cached = self._cancelled.get(run_id)
+        if cached is not None and (cached[1] is not None or (not fresh and now - cached[0] < CANCEL_CHECK_SECONDS)):
+            return cached[1]
+        if len(self._cancelled) > 1000:
+            self._cancelled.clear()
+        reason = self.store.cancel_reason(run_id)
+        self._cancelled[run_id] = (now, reason)
+        return reason
 
 
 def runtime(app: Celery) -> WorkerRuntime:
@@ -72,8 +94,9 @@ def register_tasks(app: Celery) -> None:
 
     # shared=False: each app (fleet, embedded, tests) gets its own task objects.
     @app.task(name=RUN_CASE, bind=True, ignore_result=True, max_retries=None, shared=False)
-    def run_case(self: Task, message: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return execute_case(self, message, history or [])
+    def run_case(self: Task, message: dict[str, Any], history: list[dict[str, Any]] | None = None,
+                 wait_until: float | None = None) -> dict[str, Any]:
+        return execute_case(self, message, history or [], wait_until)
 
     # The batch's results travel in this message: a Redis hiccup while storing them is
     # retried rather than losing the batch (and leaving the run unfinished).
@@ -83,18 +106,23 @@ def register_tasks(app: Celery) -> None:
         store_batch(runtime(self.app), results, run_id, batch, batch_count)
 
 
-def execute_case(task: Task, raw: dict[str, Any], raw_history: list[dict[str, Any]]) -> dict[str, Any]:
-    """One delivery of a case: an attempt, then either a Celery retry or a final TaskResult."""
+def execute_case(
+    task: Task, raw: dict[str, Any], raw_history: list[dict[str, Any]], wait_until: float | None = None
+) -> dict[str, Any]:
+    """One delivery of a case: an attempt (or a step of a retry's wait), then either a
+    Celery retry or a final TaskResult."""
     try:
         message = CaseMessage.model_validate(raw)
         history = [AttemptRecord.model_validate(h) for h in raw_history]
     except ValidationError as exc:
         return _unreadable_message(raw, exc)
-    attempt = task.request.retries + 1
+    # Attempts are counted from the history the message carries, not from Celery's
+    # retry count: a long backoff is waited out in several short hops.
+    attempt = len(history) + 1
     rt: WorkerRuntime | None = None
     try:
         rt = runtime(task.app)
-        return _attempt_or_retry(task, rt, message, raw, attempt, history)
+        return _attempt_or_retry(task, rt, message, raw, attempt, history, wait_until)
     except Retry:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug here must not break the chord
@@ -106,47 +134,75 @@ def execute_case(task: Task, raw: dict[str, Any], raw_history: list[dict[str, An
 
 def _attempt_or_retry(
     task: Task, rt: WorkerRuntime, message: CaseMessage, raw: dict[str, Any], attempt: int,
-    history: list[AttemptRecord],
+    history: list[AttemptRecord], wait_until: float | None,
 ) -> dict[str, Any]:
     hooks = hooks_for(message.run_id)
-    reason = _cancel_reason(rt, message, hooks)
-    if reason is not None:
-        now = datetime.now(timezone.utc)
-        outcome = AttemptOutcome(TaskStatus.CANCELLED, now, 0.0, f"cancelled before attempt {attempt}: {reason}")
-        return _finish(rt, message, attempt - 1, history, outcome, ran=False)
-    outcome = run_attempt(message, attempt, rt.dify, hooks,
-                          cancelled=lambda: _cancel_reason(rt, message, hooks) is not None)
-    policy = message.policy.retry_policy
-    if (
-        outcome.status.is_retryable
-        and outcome.retryable
-        and attempt < policy.max_attempts
-        and _cancel_reason(rt, message, hooks) is None
-    ):
-        countdown = policy.countdown(attempt)
-        if outcome.retry_after is not None:
-            countdown = max(countdown, outcome.retry_after)
-        countdown = min(countdown, rt.max_countdown)
-        history.append(_record(attempt, outcome, countdown))
-        rt.store.count(message.run_id, "retries")
-        log.info("case %s attempt %d %s, retry in %.2fs", message.task.task_id, attempt, outcome.status.value, countdown)
-        if hooks is not None and hooks.sleep_fn is not None:
-            hooks.sleep_fn(countdown)  # the Python API's injected clock waits instead
-            countdown = 0
-        raise task.retry(
-            args=(raw,),
-            kwargs={"history": [h.model_dump(mode="json") for h in history]},
-            countdown=countdown,
-            max_retries=None,
-        )
-    return _finish(rt, message, attempt, history, outcome)
+
+    def cancelled() -> bool:
+        return _cancel_reason(rt, message, hooks) is not None
+
+    if _cancel_reason(rt, message, hooks, fresh=True) is not None:
+        return _cancelled(rt, message, attempt, history, hooks)
+    if wait_until is not None and wait_until - time.time() > 0.001:
+        # Still waiting for this retry: hop again, so a cancel is seen within a hop.
+        raise _retry(task, raw, history, wait_until)
+    policy = message.policy
+    with rt.gate.admit(message.run_id, policy.concurrency, policy.rate_control, message.workflow.base_url,
+                       cancelled, rt.max_slot_wait) as admission:
+        if admission is Admission.BUSY:
+            raise _retry(task, raw, history, None)  # back in the queue, message released
+        if admission is Admission.CANCELLED or _cancel_reason(rt, message, hooks, fresh=True) is not None:
+            return _cancelled(rt, message, attempt, history, hooks)
+        outcome = run_attempt(message, attempt, rt.dify, hooks, cancelled=cancelled)
+    retry = policy.retry_policy
+    countdown = retry.countdown(attempt)
+    if outcome.retry_after is not None:
+        countdown = max(countdown, outcome.retry_after)
+    if outcome.throttled:
+        rt.gate.cool_down(message.run_id, countdown)
+    if not (outcome.status.is_retryable and outcome.retryable and attempt < retry.max_attempts
+            and _cancel_reason(rt, message, hooks, fresh=True) is None):
+        return _finish(rt, message, attempt, history, outcome)
+    history.append(_record(attempt, outcome, countdown))
+    rt.store.count(message.run_id, "retries")
+    log.info("case %s attempt %d %s, retry in %.2fs", message.task.task_id, attempt, outcome.status.value, countdown)
+    if hooks is not None and hooks.sleep_fn is not None:
+        hooks.sleep_fn(countdown)  # the Python API's injected clock waits instead
+        raise _retry(task, raw, history, None)
+    raise _retry(task, raw, history, time.time() + countdown)
 
 
-def _cancel_reason(rt: WorkerRuntime, message: CaseMessage, hooks: RunHooks | None) -> str | None:
+def _retry(task: Task, raw: dict[str, Any], history: list[AttemptRecord], wait_until: float | None) -> Retry:
+    """Re-queue the case; it waits at most RETRY_HOP_SECONDS per hop until ``wait_until``.
+
+    Short hops keep every ETA far below the broker's visibility timeout (kombu#337) and
+    let a cancelled run drop its waiting retries within one hop.
+    """
+    countdown = 0.0 if wait_until is None else max(0.0, min(RETRY_HOP_SECONDS, wait_until - time.time()))
+    return task.retry(
+        args=(raw,),
+        kwargs={"history": [h.model_dump(mode="json") for h in history], "wait_until": wait_until},
+        countdown=countdown,
+        max_retries=None,
+    )
+
+
+def _cancelled(
+    rt: WorkerRuntime, message: CaseMessage, attempt: int, history: list[AttemptRecord], hooks: RunHooks | None
+) -> dict[str, Any]:
+    reason = _cancel_reason(rt, message, hooks) or "run cancelled"
+    outcome = AttemptOutcome(TaskStatus.CANCELLED, datetime.now(timezone.utc), 0.0,
+                             f"cancelled before attempt {attempt}: {reason}")
+    return _finish(rt, message, attempt - 1, history, outcome, ran=False)
+
+
+def _cancel_reason(
+    rt: WorkerRuntime, message: CaseMessage, hooks: RunHooks | None, fresh: bool = False
+) -> str | None:
     if hooks is not None and hooks.token is not None and hooks.token.is_cancelled():
         rt.store.cancel(message.run_id, "cancelled through the CancellationToken")
         return "cancelled through the CancellationToken"
-    return rt.store.cancel_reason(message.run_id)
+    return rt.cancel_reason(message.run_id, fresh)
 
 
 def _record(attempt: int, outcome: AttemptOutcome, countdown: float | None = None) -> AttemptRecord:

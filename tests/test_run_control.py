@@ -1,0 +1,126 @@
+"""Fleet-wide run control with 3 separate `celery worker` processes, the test Redis and the
+mock Dify server, whose /_mock/stats is the witness of what the fleet really did."""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from dify_runner.config.settings import Settings
+from dify_runner.mockdify.process import MockDifyProcess
+from dify_runner.worker.store import RunInfo, RunStore
+
+from .conftest import Fleet, cli, stub_plan, write_plan
+
+pytestmark = pytest.mark.fleet
+WORKER_ENV = {"MOCK_KEY": "app-mock"}
+
+
+def mock_plan(mock: MockDifyProcess, n: int, behaviour: dict, **execution: object) -> dict:
+    plan = stub_plan([{"id": f"c{i:03d}", "inputs": {"q": i, "_mock": behaviour}} for i in range(n)],
+                     execution={"batch_size": 20, **execution})
+    plan["workflows"] = [{"id": "wf", "base_url": mock.base_url, "api_key_env": "MOCK_KEY"}]
+    return plan
+
+
+def run_plan(tmp_path: Path, fleet: Fleet, plan: dict) -> dict:
+    done = cli("run", str(write_plan(tmp_path, plan)), "--broker", fleet.broker_url, "--out", str(tmp_path / "runs"),
+               cwd=tmp_path)
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def wait_finished(store: RunStore, run_id: str, timeout: float = 120) -> RunInfo:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = store.get_run(run_id)
+        if info is not None and info.finished:
+            return info
+        time.sleep(0.05)
+    raise TimeoutError(run_id)
+
+
+def test_concurrency_is_capped_across_the_fleet(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess) -> None:
+    fleet.start(3, concurrency=8, env=WORKER_ENV)
+    report = run_plan(tmp_path, fleet, mock_plan(mock_dify, 48, {"latency_ms": 250}, concurrency=4))
+    assert report["run"]["statistics"]["succeeded_tasks"] == 48
+    stats = mock_dify.stats()
+    print("max in flight:", stats["max_in_flight"], "of", 3 * 8, "worker threads")
+    assert stats["max_in_flight"] <= 4
+    assert stats["max_in_flight"] >= 3  # the cap is used, not just respected
+
+
+def test_rate_limit_holds_across_the_fleet(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess) -> None:
+    fleet.start(3, concurrency=10, env=WORKER_ENV)
+    limit = 20
+    report = run_plan(tmp_path, fleet, mock_plan(mock_dify, 130, {"latency_ms": 10}, concurrency=30,
+                                                  rate_control={"requests_per_second": limit}))
+    assert report["run"]["statistics"]["succeeded_tasks"] == 130
+    per_second = sorted((int(s), n) for s, n in mock_dify.stats()["requests_per_second"].items())
+    full = [n for _, n in per_second[1:-1]]  # the first and last seconds are partial
+    print("requests per 1-s window:", [n for _, n in per_second], "limit", limit)
+    assert len(full) >= 4
+    assert max(full) <= limit + 1  # never above the limit by more than one burst (burst 1)
+    assert abs(statistics.mean(full) - limit) <= 0.05 * limit
+
+
+def test_max_failures_stops_the_fleet(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess) -> None:
+    fleet.start(3, concurrency=4, env=WORKER_ENV)
+    plan = mock_plan(mock_dify, 80, {"status": "failed", "latency_ms": 50}, concurrency=3,
+                     retry_policy={"max_attempts": 2, "backoff_seconds": 0.5},
+                     stop_conditions={"max_failures": 5})
+    report = run_plan(tmp_path, fleet, plan)
+    stats = report["run"]["statistics"]
+    assert report["run"]["stop_reason"] == "stopped: max_failures (5) reached"
+    assert stats["total_tasks"] == 80 == len({r["execution_id"] for r in report["results"]})
+    assert 5 <= stats["failed_tasks"] <= 5 + 3 + 3  # those in flight when the fifth failed may end too
+    assert stats["cancelled_tasks"] == 80 - stats["failed_tasks"]
+    assert mock_dify.stats()["runs"] < 2 * 80  # the rest never reached Dify
+
+
+def test_cancel_from_another_terminal(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess,
+                                      redis_url: str) -> None:
+    fleet.start(3, concurrency=4, env=WORKER_ENV)
+    plan = mock_plan(mock_dify, 60, {"latency_ms": 1000}, concurrency=6)
+    submitted = cli("submit", str(write_plan(tmp_path, plan)), "--broker", fleet.broker_url)
+    run_id = submitted.stdout.strip().splitlines()[-1]
+    store = RunStore(redis.Redis.from_url(redis_url))
+    time.sleep(2.0)
+    cancelled_at = time.monotonic()
+    done = cli("cancel", run_id, "--broker", fleet.broker_url, "--reason", "test")
+    assert done.returncode == 0, done.stderr
+    info = wait_finished(store, run_id)
+    elapsed = time.monotonic() - cancelled_at
+    print(f"from cancel to the run's last result: {elapsed:.2f} s")
+    assert elapsed < 5
+    assert info.stop_reason == "cancelled with `dify-runner cancel`: test"
+    results = list(store.iter_task_results(run_id, info.batch_count))
+    assert len(results) == len({r.task_id for r in results}) == 60
+    statuses = {r.task_status.value for r in results}
+    assert statuses <= {"succeeded", "cancelled"} and "cancelled" in statuses
+    assert mock_dify.stats()["stops"] >= 1  # the streaming calls in flight were stopped in Dify
+
+
+def test_a_killed_worker_does_not_stall_the_run(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess,
+                                                redis_url: str) -> None:
+    env = {**WORKER_ENV, "DIFY_RUNNER_VISIBILITY_TIMEOUT": "10"}
+    fleet.start(3, concurrency=4, env=env)
+    plan = mock_plan(mock_dify, 40, {"latency_ms": 600}, concurrency=6)
+    submitted = cli("submit", str(write_plan(tmp_path, plan)), "--broker", fleet.broker_url)
+    run_id = submitted.stdout.strip().splitlines()[-1]
+    store = RunStore(redis.Redis.from_url(redis_url))
+    time.sleep(1.5)
+    fleet.procs[0].send_signal(signal.SIGKILL)  # dies holding slots and unacknowledged cases
+    info = wait_finished(store, run_id, timeout=90)
+    results = list(store.iter_task_results(run_id, info.batch_count))
+    assert len(results) == len({r.task_id for r in results}) == 40
+    assert info.statistics is not None and info.statistics.succeeded_tasks == 40
+    assert redis.Redis.from_url(redis_url).zcard(f"dify-runner:run:{run_id}:slots") == 0

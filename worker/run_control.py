@@ -1,0 +1,162 @@
+"""Fleet-wide run control in Redis: one concurrency cap, one rate limit, a shared cooldown.
+
+Celery's ``rate_limit`` is per worker and it has no global concurrency limit (celery#5732,
+#6591), so every attempt passes this gate first, whichever worker runs it:
+
+- **concurrency**: a slot is a lease in a sorted set (``acquire_slot.lua``); holders renew
+  their leases every few seconds, so a worker that dies frees its slots within LEASE_TTL.
+- **rate**: GCRA over one key per limit (``rate_limit.lua``): ``requests_per_second`` and
+  ``requests_per_minute`` with ``burst``, per run or per Dify base URL.
+- **cooldown**: a 429 from Dify pauses new attempts of the whole run for its Retry-After
+  (or the policy's backoff); then the run recovers by itself.
+
+The ``limits`` library was considered: its moving window has no notion of burst (a full
+window's worth may start at once) and Redis round trips per limit; GCRA gives rate and
+burst together in one script.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+
+import redis
+
+from ..config.plan import RateControl
+from .store import PREFIX
+
+LUA = Path(__file__).with_name("lua")
+LEASE_TTL_MS = 10_000
+RENEW_EVERY = 3.0
+POLL_MIN, POLL_MAX = 0.005, 0.1
+
+log = logging.getLogger("dify_runner.worker")
+
+
+class Admission(Enum):
+    ADMITTED = "admitted"
+    CANCELLED = "cancelled"
+    BUSY = "busy"
+
+
+class RunGate:
+    """Admits attempts under a run's fleet-wide limits. One per worker process."""
+
+    def __init__(self, client: redis.Redis, key_ttl: int) -> None:
+        self.redis = client
+        self.key_ttl = key_ttl
+        self._acquire = client.register_script((LUA / "acquire_slot.lua").read_text())
+        self._renew = client.register_script((LUA / "renew_slots.lua").read_text())
+        self._rate = client.register_script((LUA / "rate_limit.lua").read_text())
+        self._held: dict[str, str] = {}  # lease id -> slots key
+        self._lock = threading.Lock()
+        self._keeper: threading.Thread | None = None
+
+    @contextmanager
+    def admit(
+        self, run_id: str, concurrency: int, rate: RateControl | None, base_url: str,
+        cancelled: Callable[[], bool], max_wait: float,
+    ) -> Iterator[Admission]:
+        """Wait for a slot, the cooldown and the rate limit. Yields ADMITTED (the slot is
+        held for the block), CANCELLED (the run was cancelled meanwhile) or BUSY (no slot
+        within ``max_wait``: the caller re-queues the case rather than hold its message
+        past the broker's visibility timeout)."""
+        lease = self._take_slot(run_id, concurrency, cancelled, time.monotonic() + max_wait)
+        if not isinstance(lease, str):
+            yield lease
+            return
+        try:
+            admitted = self._wait(lambda: self._cooldown_ms(run_id), cancelled) and self._wait(
+                lambda: self._rate_ms(run_id, rate, base_url), cancelled)
+            yield Admission.ADMITTED if admitted else Admission.CANCELLED
+        finally:
+            self._release(lease)
+
+    def cool_down(self, run_id: str, seconds: float) -> None:
+        """Pause new attempts of the run for ``seconds`` (a 429 slows the whole fleet)."""
+        key, ms = PREFIX + f"run:{run_id}:cooldown", max(1, int(seconds * 1000))
+        if (self.redis.pttl(key) or 0) < ms:
+            self.redis.set(key, "429", px=ms)
+            log.info("run %s: Dify answered 429, the fleet pauses for %.2fs", run_id, seconds)
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def _take_slot(
+        self, run_id: str, concurrency: int, cancelled: Callable[[], bool], give_up_at: float
+    ) -> str | Admission:
+        key, lease = PREFIX + f"run:{run_id}:slots", uuid.uuid4().hex
+        with self._lock:
+            self._held[lease] = key  # renewed from now on, even while waiting
+        self._ensure_keeper()
+        delay = POLL_MIN
+        while not self._acquire(keys=[key], args=[concurrency, lease, LEASE_TTL_MS, self.key_ttl]):
+            if cancelled() or time.monotonic() > give_up_at:
+                self._forget(lease)
+                return Admission.CANCELLED if cancelled() else Admission.BUSY
+            time.sleep(delay)
+            delay = min(POLL_MAX, delay * 2)
+        return lease
+
+    def _release(self, lease: str) -> None:
+        key = self._forget(lease)
+        if key is not None:
+            self.redis.zrem(key, lease)
+
+    def _forget(self, lease: str) -> str | None:
+        with self._lock:
+            return self._held.pop(lease, None)
+
+    def _ensure_keeper(self) -> None:
+        if self._keeper is None or not self._keeper.is_alive():
+            self._keeper = threading.Thread(target=self._keep_leases, name="dify-runner-leases", daemon=True)
+            self._keeper.start()
+
+    def _keep_leases(self) -> None:
+        while True:
+            time.sleep(RENEW_EVERY)
+            with self._lock:
+                held = list(self._held.items())
+            if not held:
+                continue
+            try:
+                self._renew(keys=[key for _, key in held], args=[LEASE_TTL_MS, *[lease for lease, _ in held]])
+            except redis.RedisError:
+                log.warning("could not renew %d concurrency leases", len(held), exc_info=True)
+
+    # -- cooldown and rate -----------------------------------------------------------------
+
+    def _cooldown_ms(self, run_id: str) -> int:
+        return max(0, int(self.redis.pttl(PREFIX + f"run:{run_id}:cooldown") or 0))
+
+    def _rate_ms(self, run_id: str, rate: RateControl | None, base_url: str) -> int:
+        if rate is None or (rate.requests_per_second is None and rate.requests_per_minute is None):
+            return 0
+        scope = (PREFIX + "rate:" + hashlib.sha256(base_url.encode()).hexdigest()[:16]
+                 if rate.scope == "base_url" else PREFIX + f"run:{run_id}:rate")
+        burst = rate.burst or 1
+        keys, args = [], []
+        for name, per_second in (("second", rate.requests_per_second),
+                                 ("minute", (rate.requests_per_minute or 0) / 60 or None)):
+            if per_second:
+                interval = 1000.0 / per_second
+                keys.append(f"{scope}:{name}")
+                args += [interval, (burst - 1) * interval]
+        return int(self._rate(keys=keys, args=args))
+
+    @staticmethod
+    def _wait(wait_ms: Callable[[], int], cancelled: Callable[[], bool]) -> bool:
+        """Ask ``wait_ms`` until it says 0; False if the run is cancelled meanwhile."""
+        while True:
+            ms = wait_ms()
+            if ms <= 0:
+                return True
+            if cancelled():
+                return False
+            time.sleep(min(ms / 1000, 0.5))
