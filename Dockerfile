@@ -1,0 +1,20 @@
+# One image for the worker, producer, flower and mock-dify services.
+# Build stage: turn the project into a wheel (needs pip and setuptools only).
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY dify_runner dify_runner
+COPY config config
+COPY producer producer
+COPY worker worker
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Runtime stage: the package and its dependencies, no compilers, no dev tools, not root.
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin runner
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER runner
+WORKDIR /home/runner
+ENV PYTHONUNBUFFERED=1
+CMD ["dify-runner", "--help"]
