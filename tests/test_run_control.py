@@ -103,7 +103,9 @@ def test_cancel_from_another_terminal(tmp_path: Path, fleet: Fleet, mock_dify: M
     results = list(store.iter_task_results(run_id, info.batch_count))
     assert len(results) == len({r.task_id for r in results}) == 60
     statuses = {r.task_status.value for r in results}
-    assert statuses <= {"succeeded", "cancelled"} and "cancelled" in statuses
+    odd = [(r.task_id, r.task_status.value, r.error_message) for r in results
+           if r.task_status.value not in ("succeeded", "cancelled")]
+    assert odd == [] and "cancelled" in statuses
     assert mock_dify.stats()["stops"] >= 1  # the streaming calls in flight were stopped in Dify
 
 
@@ -122,5 +124,6 @@ def test_a_killed_worker_does_not_stall_the_run(tmp_path: Path, fleet: Fleet, mo
     print(f"run finished {time.monotonic() - killed_at:.1f} s after the kill (visibility timeout 10 s)")
     results = list(store.iter_task_results(run_id, info.batch_count))
     assert len(results) == len({r.task_id for r in results}) == 40
-    assert info.statistics is not None and info.statistics.succeeded_tasks == 40
+    not_ok = [(r.task_id, r.task_status.value, r.error_message) for r in results if r.task_status.value != "succeeded"]
+    assert not_ok == []
     assert redis.Redis.from_url(redis_url).zcard(f"dify-runner:run:{run_id}:slots") == 0

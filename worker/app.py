@@ -51,6 +51,9 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
             # interval x throttle is 100 s), so they come back soon after the timeout.
             "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 5)),
             "unacked_restore_throttle": 1,
+            # The sweep holds a mutex in Redis; if its holder dies (SIGKILL mid-sweep) no
+            # one sweeps until it expires: 30 s rather than kombu's 300 s.
+            "unacked_mutex_expire": 30,
         },
         task_default_queue=QUEUE,
         broker_connection_retry_on_startup=True,

@@ -119,8 +119,12 @@ class DifyClient:
                         if response.status_code >= 400:
                             raise _error_from_response(response, _read_body(response, deadline))
                         if workflow.response_mode == "blocking":
-                            return _parse_blocking(_read_body(response, deadline))
-                        return _parse_stream(response, deadline, started, on_started, result)
+                            parsed = _parse_blocking(_read_body(response, deadline))
+                        else:
+                            parsed = _parse_stream(response, deadline, started, on_started, result)
+                        if watchdog.cancelled:  # Dify may answer "stopped" before the socket is shut
+                            raise TaskCancelledException("run cancelled: the call to Dify was stopped")
+                        return parsed
                     except (httpx.TransportError, DifyServerError):
                         if watchdog.cancelled:
                             raise TaskCancelledException("run cancelled: the call to Dify was stopped") from None
