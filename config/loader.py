@@ -13,6 +13,10 @@ from .errors import PlanError, read_user_file
 from .plan import CaseConfig, TestPlan
 
 MAX_PLAN_BYTES = 10 * 1024 * 1024
+# A plan is data for a person to read. YAML aliases can make a small file expand into
+# billions of values ("billion laughs"), so the parsed plan's size and depth are bounded.
+MAX_PLAN_VALUES = 1_000_000
+MAX_PLAN_DEPTH = 64
 
 
 class LoadedPlan:
@@ -80,10 +84,33 @@ def parse_yaml(shown: str, text: str) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise PlanError(shown, [f"YAML syntax error at {where}{problem}"]) from None
+    except RecursionError:
+        raise PlanError(shown, ["YAML is nested too deeply"]) from None
+    problem = _too_large(raw)
+    if problem is not None:
+        raise PlanError(shown, [problem])
     if not isinstance(raw, dict):
         kind = "empty" if raw is None else f"a {type(raw).__name__}"
         raise PlanError(shown, [f"the top level must be a mapping of plan fields, got {kind}"])
     return raw
+
+
+def _too_large(raw: Any) -> str | None:
+    """Walk the parsed YAML (aliases included) and stop at the first bound it crosses."""
+    count = 0
+    stack: list[tuple[Any, int]] = [(raw, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_PLAN_VALUES:
+            return f"the plan expands to more than {MAX_PLAN_VALUES} values (YAML aliases?)"
+        if depth > MAX_PLAN_DEPTH:
+            return f"the plan is nested more than {MAX_PLAN_DEPTH} levels deep"
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+    return None
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:

@@ -18,6 +18,10 @@ BAD_PLANS = {
     "missing data file": (None, ["datasets[0].file", "nope.csv", "data file not found"]),
     "unknown workflow": (None, ["datasets[0]", "unknown workflow 'ghost'"]),
     "broken csv row": (None, ["rows.csv", "line 3: 1 fields, the header has 2"]),
+    "yaml bomb": ("name: bomb\nworkflows: [{id: w, base_url: stub}]\ndatasets: [{name: d, cases: [{inputs: {"
+                  + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i-1}' if i else 'x'] * 9)}], " for i in range(9))
+                  + "}}]}]\n", ["expands to more than 1000000 values"]),
+    "nested too deeply": ("a: " + "[" * 3000 + "]" * 3000 + "\n", ["nested too deeply"]),
 }
 
 
