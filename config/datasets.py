@@ -61,7 +61,7 @@ def _csv_rows(shown: str, text: str) -> list[tuple[int, dict]]:
                     shown,
                     [f"line {reader.line_num}: {len(values)} fields, the header has {len(header)}"],
                 )
-            rows.append((reader.line_num, dict(zip(header, values))))
+            rows.append((reader.line_num, dict(zip(header, values, strict=True))))
     except csv.Error as exc:
         raise PlanError(shown, [f"line {reader.line_num}: CSV error: {exc}"]) from None
     return rows

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import redis
 from celery import Celery
-from pydantic import ValidationError
 from kombu.exceptions import OperationalError
+from pydantic import ValidationError
 from rich.console import Console
 
 from .. import __version__
@@ -53,7 +53,8 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
     for workflow in plan.workflows:
         if workflow.api_key_env and not environ.get(workflow.api_key_env):
             warnings.append(
-                f"workflow {workflow.id!r}: {workflow.api_key_env} is not set here; workers need it in their environment"
+                f"workflow {workflow.id!r}: {workflow.api_key_env} is not set here; "
+                "workers need it in their environment"
             )
     longest = plan.execution.stop_conditions.timeout_per_task + HARD_LIMIT_GRACE
     if longest >= settings.visibility_timeout:
@@ -110,7 +111,8 @@ def _finish(console: Console, store: RunStore, info: RunInfo, out_root: Path) ->
     print_summary(console, store, info)
     console.print("reports: " + ", ".join(str(p) for p in paths), highlight=False)
     stats = info.statistics
-    return EXIT_OK if stats is not None and stats.total_tasks and stats.succeeded_tasks == stats.total_tasks else EXIT_NOT_ALL_PASSED
+    all_passed = stats is not None and stats.total_tasks > 0 and stats.succeeded_tasks == stats.total_tasks
+    return EXIT_OK if all_passed else EXIT_NOT_ALL_PASSED
 
 
 def _ask_on_interrupt(console: Console, run_id: str, can_detach: bool) -> str:
@@ -272,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--broker", metavar="URL", help="Redis URL shared with the workers (default: $DIFY_RUNNER_BROKER_URL)")
+        p.add_argument("--broker", metavar="URL",
+                       help="Redis URL shared with the workers (default: $DIFY_RUNNER_BROKER_URL)")
         return p
 
     p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
@@ -319,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {
     "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
-    "report": cmd_report, "cancel": cmd_cancel, "validate": cmd_validate, "worker": cmd_worker, "mock-dify": cmd_mock_dify,
+    "report": cmd_report, "cancel": cmd_cancel, "validate": cmd_validate, "worker": cmd_worker,
+    "mock-dify": cmd_mock_dify,
 }
 
 

@@ -60,7 +60,8 @@ class ProgressReporter:
             return
         now = time.monotonic()
         if done != self._last_done and (now - self._last_line >= self.line_interval or done == info.total):
-            self.console.print(f"progress {info.run_id}: {done}/{info.total} {counts_text(progress, markup=False)}".rstrip(),
+            line = f"progress {info.run_id}: {done}/{info.total} {counts_text(progress, markup=False)}"
+            self.console.print(line.rstrip(),
                                markup=False, highlight=False)
             self._last_line, self._last_done = now, done
 

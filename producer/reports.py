@@ -131,7 +131,8 @@ def print_summary(console: Console, store: RunStore, info: RunInfo) -> None:
     table.add_section()
     table.add_row("[bold]all", "", *_stat_cells(stats))
     console.print(table)
-    cost = f"{stats.total_cost:.6f}" + (f" ({stats.cost_unknown_tasks} cases unknown)" if stats.cost_unknown_tasks else "")
+    unknown = f" ({stats.cost_unknown_tasks} cases unknown)" if stats.cost_unknown_tasks else ""
+    cost = f"{stats.total_cost:.6f}{unknown}"
     console.print(f"duration {stats.total_duration:.2f} s, cost {cost}, p99 {_seconds(stats.latency_p99)} s")
     if info.stop_reason:
         console.print(f"[yellow]stop reason:[/] {info.stop_reason}")

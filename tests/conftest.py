@@ -18,17 +18,17 @@ import pytest
 import redis
 import yaml
 from celery import Celery
-
 from dify_runner.config.loader import load_plan
 from dify_runner.config.manifest import RunManifest
 from dify_runner.config.settings import Settings
-from dify_runner.mockdify.process import MockDifyProcess
 from dify_runner.producer.embedded import EmbeddedRedis, InProcessWorker
 from dify_runner.producer.expansion import expand
 from dify_runner.producer.submission import submit
 from dify_runner.producer.waiting import wait_for_run
 from dify_runner.worker.app import create_app
 from dify_runner.worker.store import RunInfo, RunStore
+
+from dify_runner.mockdify.process import MockDifyProcess
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -26,7 +26,6 @@ import httpx
 import pytest
 import redis
 import yaml
-
 from dify_runner.producer.embedded import free_port
 
 from .conftest import REPO

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import pytest
-
 from dify_runner.worker import ResultConverter, TaskResult, TaskStatus, TestResult, TestStatus
 
 CREATED = datetime(2025, 11, 14, 10, 0, 0, tzinfo=timezone.utc)

@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx
 import pytest
-
 from dify_runner.config.plan import WorkflowConfig
 from dify_runner.worker.deadline import Deadline
 from dify_runner.worker.dify_client import DifyAPIError, DifyClient, DifyServerError
 from dify_runner.worker.exceptions import TaskTimeoutException
 
-from . import dify_shapes as shapes
 from dify_runner.mockdify.process import MockDifyProcess
+
+from . import dify_shapes as shapes
 
 KEY = "app-mock"
 

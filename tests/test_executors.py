@@ -10,7 +10,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from dify_runner.config.manifest import RunManifest
 from dify_runner.producer import CancellationToken, ConcurrentExecutor, ExecutorService, StubExecutor
 from dify_runner.worker import ExecutorException, TaskExecutionException, TaskStatus, TestResult, TestStatus

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-
 from dify_runner.producer.embedded import InProcessWorker
 from dify_runner.worker.models import TaskStatus
 from dify_runner.worker.store import RunStore

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from celery import Celery
-
 from dify_runner.producer.embedded import InProcessWorker
 from dify_runner.worker.models import TaskStatus, TestStatus
 from dify_runner.worker.store import RunStore

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from dify_runner.config.errors import PlanError
 from dify_runner.config.loader import load_plan
 from dify_runner.config.plan import ExecutionPolicy, RetryPolicy
@@ -67,7 +66,8 @@ def test_dataset_can_target_some_workflows(tmp_path: Path) -> None:
 
 def test_cases_from_csv_and_jsonl(tmp_path: Path) -> None:
     (tmp_path / "rows.csv").write_text("id,query,lang\nc1,hello,fr\nc2,\"a, b\",de\n", encoding="utf-8")
-    (tmp_path / "rows.jsonl").write_text(json.dumps({"query": "x", "n": 3}) + "\n\n" + json.dumps({"query": "y"}) + "\n")
+    rows = [json.dumps({"query": "x", "n": 3}), "", json.dumps({"query": "y"})]
+    (tmp_path / "rows.jsonl").write_text("\n".join(rows) + "\n")
     plan = stub_plan([{"id": "inline"}])
     plan["datasets"] += [
         {"name": "csv", "file": "rows.csv", "id_column": "id"},

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import redis
+from dify_runner.worker.store import RunInfo, RunStore
 
 from dify_runner.mockdify.process import MockDifyProcess
-from dify_runner.worker.store import RunInfo, RunStore
 
 from .conftest import Fleet, cli, stub_plan, write_plan
 

@@ -94,7 +94,7 @@ class DifyClient:
         call is abandoned and TaskCancelledException is raised."""
         body = {"inputs": inputs, "response_mode": workflow.response_mode, "user": workflow.user}
         remaining = deadline.remaining()
-        timeout = httpx.Timeout(connect=min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining, pool=remaining)
+        timeout = httpx.Timeout(min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining, pool=remaining)
         headers = {"Authorization": f"Bearer {api_key}"}
         started = time.monotonic()
         # Filled in while the stream is read; the watchdog needs Dify's task id to stop the run.

@@ -277,7 +277,7 @@ def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, b
     task_results = [TaskResult.model_validate(r) for r in results]
     test_results = ResultConverter.convert_batch(task_results)
     summary = BatchSummary()
-    for task_result, test_result in zip(task_results, test_results):
+    for task_result, test_result in zip(task_results, test_results, strict=True):
         summary.add(
             task_result.task_status.value,
             task_result.execution_time,

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .scenario import RESERVED_KEY, Behaviour, MockError, MockRun, error_body
+from .scenario import RESERVED_KEY, Behaviour, MockRun, error_body
 from .stats import MockStats
 
 MAX_RUNS_KEPT = 50_000
