@@ -22,19 +22,21 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from rich.console import Console
 
-from .. import __version__
 from ..config.errors import PlanError
 from ..config.loader import LoadedPlan, format_validation_error, load_plan
 from ..config.settings import ENV_PREFIX, Settings
-from ..worker.store import RunInfo, RunStore
+from ..worker.store import RunInfo, RunStore, connect
+from .cli_parser import build_parser
 from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
 from .progress import ProgressReporter, counts_text
 from .reports import print_summary, write_reports
+from .resume import resume_run
 from .submission import HARD_LIMIT_GRACE, submit
-from .waiting import RunNotFound, wait_for_run
+from .waiting import RunLost, RunNotFound, wait_for_run
 
 EXIT_OK, EXIT_NOT_ALL_PASSED, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+MANIFEST_FILE = "manifest.jsonl"
 
 
 class UsageError(Exception):
@@ -91,9 +93,9 @@ def _fleet_app(url: str, settings: Settings) -> Celery:
 
 
 def _fleet_store(url: str, settings: Settings) -> RunStore:
-    store = RunStore(redis.Redis.from_url(settings.state_url(url)), settings.result_ttl_seconds)
-    store.redis.ping()
-    return store
+    # Fail fast on a wrong URL; past this point the store's client rides out outages.
+    redis.Redis.from_url(settings.state_url(url), socket_connect_timeout=5).ping()
+    return RunStore(connect(settings.state_url(url)), settings.result_ttl_seconds)
 
 
 def _require_broker(args: argparse.Namespace, settings: Settings) -> str:
@@ -165,14 +167,17 @@ def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> i
     if (args.broker or settings.broker_url) and any(w.is_mock for w in manifest.workflows):
         raise UsageError("base_url: mock runs only on the embedded default; for a fleet, start "
                          "`dify-runner mock-dify --host 0.0.0.0` and use its URL")
+    out_root = Path(args.out or settings.runs_dir)
     with _backend(args, settings, manifest.execution_policy.concurrency) as (app, store, where), \
             mock_targets(manifest) as manifest:
-        submit(app, store, manifest)
+        if where.startswith("the fleet"):
+            _warn_persistence(console, store)
+        submit(app, store, manifest, manifest_file=out_root / manifest.run_id / MANIFEST_FILE)
         console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
                       f"{manifest.batch_count} batches on {where}", highlight=False)
         # The embedded default's run dies with this process: it can be cancelled, not left.
         info = _wait(console, store, manifest.run_id, not args.no_progress, can_detach=where.startswith("the fleet"))
-        return _finish(console, store, info, Path(args.out or settings.runs_dir))
+        return _finish(console, store, info, out_root)
 
 
 def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -180,14 +185,36 @@ def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -
     loaded = _load(args.plan, console, settings)
     manifest = expand(loaded)
     store = _fleet_store(url, settings)
-    submit(_fleet_app(url, settings), store, manifest)
+    _warn_persistence(console, store)
+    manifest_file = Path(args.out or settings.runs_dir) / manifest.run_id / MANIFEST_FILE
+    submit(_fleet_app(url, settings), store, manifest, manifest_file=manifest_file)
     print(manifest.run_id)
     return EXIT_OK
 
 
-def _get_info(store: RunStore, run_id: str) -> RunInfo:
+def _warn_persistence(console: Console, store: RunStore) -> None:
+    warning = store.persistence()
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def cmd_resume(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    url = _require_broker(args, settings)
+    out_root = Path(args.out or settings.runs_dir)
+    store = _fleet_store(url, settings)
+    manifest_file = Path(args.manifest) if args.manifest else out_root / args.run_id / MANIFEST_FILE
+    count = resume_run(_fleet_app(url, settings), store, args.run_id, manifest_file, args.retry_failed)
+    console.print(f"run {args.run_id}: {count} case(s) submitted again", highlight=False)
+    info = _wait(console, store, args.run_id, not args.no_progress)
+    return _finish(console, store, info, out_root)
+
+
+def _get_info(store: RunStore, run_id: str, out_root: Path | None = None) -> RunInfo:
     info = store.get_run(run_id)
     if info is None:
+        # Submitted from here (its manifest is on disk) yet unknown to Redis: Redis lost it.
+        if out_root is not None and (out_root / run_id / MANIFEST_FILE).is_file():
+            raise RunLost(run_id)
         raise RunNotFound(run_id)
     return info
 
@@ -208,14 +235,14 @@ def cmd_status(args: argparse.Namespace, console: Console, settings: Settings) -
 
 def cmd_wait(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     store = _fleet_store(_require_broker(args, settings), settings)
-    _get_info(store, args.run_id)
+    _get_info(store, args.run_id, Path(args.out or settings.runs_dir))
     info = _wait(console, store, args.run_id, not args.no_progress)
     return _finish(console, store, info, Path(args.out or settings.runs_dir))
 
 
 def cmd_report(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     store = _fleet_store(_require_broker(args, settings), settings)
-    info = _get_info(store, args.run_id)
+    info = _get_info(store, args.run_id, Path(args.out or settings.runs_dir))
     if not info.finished:
         raise UsageError(f"run {args.run_id} is still running ({info.batches_done}/{info.batch_count} batches done); "
                          "use `dify-runner wait`")
@@ -261,68 +288,9 @@ def cmd_mock_dify(args: argparse.Namespace, console: Console, settings: Settings
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dify-runner",
-        description="Run test plans against Dify workflows on Celery workers.",
-        epilog="Exit codes: 0 all cases passed, 1 some did not, 2 bad input, 3 Redis/infrastructure, 130 interrupted. "
-        "With no --broker and no DIFY_RUNNER_BROKER_URL, `run` uses the embedded default.",
-    )
-    parser.add_argument("--version", action="version", version=f"dify-runner {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what workers and the producer do")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--broker", metavar="URL",
-                       help="Redis URL shared with the workers (default: $DIFY_RUNNER_BROKER_URL)")
-        return p
-
-    p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
-    p.add_argument("plan", help="the plan file (YAML)")
-    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    p = add("submit", "validate a plan and submit it to the fleet; prints the run id and returns")
-    p.add_argument("plan", help="the plan file (YAML)")
-    p = add("status", "show a run's state and counts (all recent runs without RUN_ID)")
-    p.add_argument("run_id", nargs="?", metavar="RUN_ID")
-    p = add("wait", "wait for a submitted run, then print its summary and write its reports")
-    p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    p = add("cancel", "cancel a run from any terminal: unfinished cases end CANCELLED")
-    p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--reason", help="recorded as the run's stop reason")
-    p = add("report", "write the reports of a finished run (report.json, junit.xml)")
-    p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
-    p = sub.add_parser("validate", help="check a plan and its data files without running it")
-    p.add_argument("plan", help="the plan file (YAML)")
-    p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
-    p.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent", "solo"])
-    p.add_argument("--concurrency", type=int, default=20)
-    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
-    p = sub.add_parser("mock-dify", help="serve a mock of Dify's workflow API (for tests, benchmarks, demos)",
-                       description="Serve a mock of Dify's workflow API. Cases steer it with the reserved input "
-                       "key _mock, e.g. {\"_mock\": {\"status\": \"failed\"}} (see the README).")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--latency-ms", type=float, default=100)
-    p.add_argument("--jitter-ms", type=float, default=20)
-    p.add_argument("--fail-rate", type=float, default=0.0, help="share of runs that end with status failed")
-    p.add_argument("--rate-limit", metavar="N/s", help="runs per second before 429 rate_limit_error")
-    p.add_argument("--concurrency-limit", type=int, metavar="N", help="runs in flight before 429 too_many_requests")
-    p.add_argument("--api-key", action="append", help="accepted API key (repeatable; default $MOCK_DIFY_API_KEYS "
-                   "or app-mock)")
-    p.add_argument("--ping-interval", type=float, default=10.0, help="seconds between SSE pings")
-    p.add_argument("--price-format", choices=["number", "string"], default="number")
-    p.add_argument("--retry-after", type=float, help="send Retry-After with 429s (Dify itself does not)")
-    return parser
-
-
 COMMANDS = {
     "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
-    "report": cmd_report, "cancel": cmd_cancel, "validate": cmd_validate, "worker": cmd_worker,
+    "report": cmd_report, "cancel": cmd_cancel, "resume": cmd_resume, "validate": cmd_validate, "worker": cmd_worker,
     "mock-dify": cmd_mock_dify,
 }
 
@@ -353,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunNotFound as exc:
         error(f"no run {exc.args[0]!r} in this Redis (wrong id or broker, or expired)")
         return EXIT_BAD_INPUT
+    except RunLost as exc:
+        error(f"Redis no longer has run {exc.args[0]!r} (restarted without persistence, or flushed): its results "
+              f"there are lost. `dify-runner resume {exc.args[0]}` runs its unfinished cases again.")
+        return EXIT_INFRA
     except (redis.RedisError, OperationalError, EmbeddedError, OSError) as exc:
         error(f"{type(exc).__name__}: {exc}")
         return EXIT_INFRA

@@ -28,7 +28,7 @@ from celery.worker import WorkController
 from ..config.manifest import RunManifest
 from ..config.settings import Settings
 from ..worker.app import create_app
-from ..worker.store import RunStore
+from ..worker.store import RunStore, connect
 
 MIN_REDIS = (6, 2)  # kombu 5.7 needs Redis 6.2 or newer
 
@@ -88,20 +88,32 @@ class EmbeddedRedis:
         self._dir = tempfile.TemporaryDirectory(prefix="dify-runner-redis-")
         for _ in range(5):  # the free port may be taken between probing and binding
             self.port = free_port()
-            self._proc = subprocess.Popen(
-                [
-                    self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-                    "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if self._wait_ready(timeout):
+            if self._launch(timeout):
                 return self
-            self._proc.kill()
-            self._proc.wait()
         raise EmbeddedError(f"redis-server did not start (log in {self._dir.name})")
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop the server and start it again on the same port and directory (for fault tests)."""
+        self._terminate()
+        if not self._launch(timeout):
+            raise EmbeddedError("redis-server did not restart")
+
+    def _launch(self, timeout: float) -> bool:
+        assert self._dir is not None
+        self._proc = subprocess.Popen(
+            [
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--dir", self._dir.name, "--logfile", str(Path(self._dir.name) / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if self._wait_ready(timeout):
+            return True
+        self._proc.kill()
+        self._proc.wait()
+        return False
 
     def _wait_ready(self, timeout: float) -> bool:
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -117,7 +129,7 @@ class EmbeddedRedis:
                 time.sleep(0.05)
         return False
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -125,6 +137,9 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+    def stop(self) -> None:
+        self._terminate()
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
@@ -233,6 +248,6 @@ def embedded_backend(concurrency: int, settings: Settings | None = None) -> Iter
     settings = (settings or Settings.from_env()).model_copy(update={"broker_url": None, "result_backend": None})
     with EmbeddedRedis() as server:
         app = create_app(server.url, settings)
-        store = RunStore(redis.Redis.from_url(server.url), settings.result_ttl_seconds)
+        store = RunStore(connect(server.url), settings.result_ttl_seconds)
         with InProcessWorker(app, concurrency):
             yield app, store

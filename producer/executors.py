@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 from uuid import uuid4
 
-import redis
 from celery import Celery
 
 from ..config.manifest import RunManifest, Task
@@ -28,7 +27,7 @@ from ..worker.deadline import Deadline
 from ..worker.exceptions import ExecutorException
 from ..worker.execution import RunHooks, register_hooks, unregister_hooks
 from ..worker.models import RunExecutionResult, TestResult
-from ..worker.store import RunStore
+from ..worker.store import RunStore, connect
 from ..worker.stub import run_stub
 from .embedded import embedded_backend, mock_targets
 from .submission import submit
@@ -121,7 +120,7 @@ class ConcurrentExecutor:
             return
         settings = Settings.from_env()
         app = create_app(self.broker_url, settings)
-        yield app, RunStore(redis.Redis.from_url(settings.state_url(self.broker_url)), settings.result_ttl_seconds)
+        yield app, RunStore(connect(settings.state_url(self.broker_url)), settings.result_ttl_seconds)
 
 
 class StubExecutor(ConcurrentExecutor):

@@ -7,9 +7,12 @@ bounded by ``batch_size``, whatever the size of the run.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 from celery import Celery, chord
+from pydantic import BaseModel
 
 from ..config.manifest import RunManifest
 from ..worker.messages import AttemptPolicy, CaseMessage
@@ -22,45 +25,83 @@ SOFT_LIMIT_GRACE = 2.0
 HARD_LIMIT_GRACE = 10.0
 
 
-def submit(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan") -> None:
-    """Record the run and publish its chords. Returns once every message is sent."""
-    batch_count = manifest.batch_count
-    # The store times the run from now (the manifest's created_at may come from an injected clock).
-    store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), batch_count, datetime.now(timezone.utc))
+class ManifestHeader(BaseModel):
+    """The first line of a run's manifest.jsonl; task messages follow, one per line."""
+
+    run_id: str
+    plan_name: str
+    total: int
+    batch_size: int
+
+
+def attempt_policy(manifest: RunManifest) -> AttemptPolicy:
     execution = manifest.execution_policy
-    policy = AttemptPolicy(
+    return AttemptPolicy(
         retry_policy=execution.retry_policy,
         timeout_per_task=execution.stop_conditions.timeout_per_task,
         max_failures=execution.stop_conditions.max_failures,
         concurrency=execution.concurrency,
         rate_control=execution.rate_control,
     )
+
+
+def case_messages(manifest: RunManifest, executor: str = "plan") -> Iterator[list[CaseMessage]]:
+    """The run's task messages, batch by batch."""
+    policy = attempt_policy(manifest)
     workflows = {w.id: w for w in manifest.workflows}
     created_at = manifest.created_at.isoformat()
-    timeout = policy.timeout_per_task
+    for index, batch in enumerate(manifest.batches()):
+        yield [
+            CaseMessage(run_id=manifest.run_id, batch=index, task=task, workflow=workflows[task.workflow_id],
+                        policy=policy, executor=executor, created_at=created_at)
+            for task in batch
+        ]
+
+
+def publish(app: Celery, run_id: str, batches: Iterable[tuple[int, list[CaseMessage]]], batch_count: int,
+            round_: int = 0) -> None:
+    """Send each batch as a chord: its cases, then ``finish_batch`` with their results."""
     with app.producer_or_acquire() as producer:
-        for index, batch in enumerate(manifest.batches()):
+        for index, messages in batches:
             header = [
                 app.signature(
                     RUN_CASE,
-                    args=(
-                        CaseMessage(
-                            run_id=manifest.run_id,
-                            batch=index,
-                            task=task,
-                            workflow=workflows[task.workflow_id],
-                            policy=policy,
-                            executor=executor,
-                            created_at=created_at,
-                        ).to_wire(),
-                    ),
-                    task_id=f"{manifest.run_id}:{task.task_id}",
+                    args=(message.with_batch(index).to_wire(),),
+                    task_id=f"{run_id}:{message.task.task_id}" + (f":resume{round_}" if round_ else ""),
                     # What Flower and logs show instead of the whole message.
-                    argsrepr=f"{manifest.run_id} {task.task_id}",
-                    soft_time_limit=timeout + SOFT_LIMIT_GRACE,
-                    time_limit=timeout + HARD_LIMIT_GRACE,
+                    argsrepr=f"{run_id} {message.task.task_id}",
+                    soft_time_limit=message.policy.timeout_per_task + SOFT_LIMIT_GRACE,
+                    time_limit=message.policy.timeout_per_task + HARD_LIMIT_GRACE,
                 )
-                for task in batch
+                for message in messages
             ]
-            body = app.signature(FINISH_BATCH, args=(manifest.run_id, index, batch_count))
+            body = app.signature(FINISH_BATCH, args=(run_id, index, batch_count))
             chord(header, body).apply_async(producer=producer)
+
+
+def submit(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan",
+           manifest_file: Path | None = None) -> None:
+    """Record the run and publish its chords. Returns once every message is sent.
+
+    ``manifest_file`` keeps every task message (JSON lines, no secrets) for ``resume``:
+    it outlives the run's state in Redis.
+    """
+    # The store times the run from now (the manifest's created_at may come from an injected clock).
+    store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), manifest.batch_count,
+                     datetime.now(timezone.utc))
+    batches = enumerate(case_messages(manifest, executor))
+    if manifest_file is None:
+        publish(app, manifest.run_id, batches, manifest.batch_count)
+        return
+    manifest_file.parent.mkdir(parents=True, exist_ok=True)
+    with manifest_file.open("w", encoding="utf-8") as out:
+        header = ManifestHeader(run_id=manifest.run_id, plan_name=manifest.plan_name, total=len(manifest.cases),
+                                batch_size=manifest.execution_policy.batch_size)
+        out.write(header.model_dump_json() + "\n")
+
+        def recorded() -> Iterator[tuple[int, list[CaseMessage]]]:
+            for index, messages in batches:
+                out.writelines(m.model_dump_json() + "\n" for m in messages)
+                yield index, messages
+
+        publish(app, manifest.run_id, recorded(), manifest.batch_count)

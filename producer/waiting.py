@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
+
+import redis
 
 from ..worker.store import RunInfo, RunStore
 
 ProgressCallback = Callable[[RunInfo, dict[str, int]], None]
 
 
+# How long the producer keeps trying while Redis is unreachable before it gives up.
+REDIS_OUTAGE_LIMIT = 300.0
+
+log = logging.getLogger("dify_runner.producer")
+
+
 class RunNotFound(LookupError):
     """No run with that id in this Redis (wrong id, wrong broker, or expired)."""
+
+
+class RunLost(LookupError):
+    """The run was there and is gone: Redis lost its state (restarted without persistence)."""
 
 
 def wait_for_run(
@@ -28,13 +41,26 @@ def wait_for_run(
     ``token`` (a CancellationToken) cancels the run when it is set: cases not yet
     started then end CANCELLED and the run still finishes with one result per case.
     """
-    cancelled = False
+    cancelled = seen = False
+    outage_since: float | None = None
     while True:
-        info = store.get_run(run_id)
+        try:
+            info = store.get_run(run_id)
+            progress = store.progress(run_id) if info is not None else {}
+        except redis.ConnectionError as exc:
+            # Workers and the broker reconnect by themselves; the producer waits too, and says so.
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > REDIS_OUTAGE_LIMIT:
+                raise
+            log.warning("Redis unreachable (%s); retrying", exc)
+            sleep_fn(min(5.0, max(poll_interval, 1.0)))
+            continue
+        outage_since = None
         if info is None:
-            raise RunNotFound(run_id)
+            raise RunLost(run_id) if seen else RunNotFound(run_id)
+        seen = True
         if on_progress is not None:
-            on_progress(info, store.progress(run_id))
+            on_progress(info, progress)
         if info.finished:
             return info
         if token is not None and not cancelled and token.is_cancelled():

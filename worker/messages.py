@@ -42,5 +42,8 @@ class CaseMessage(BaseModel):
     executor: str = "plan"
     created_at: str | None = None
 
+    def with_batch(self, batch: int) -> CaseMessage:
+        return self if batch == self.batch else self.model_copy(update={"batch": batch})
+
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_defaults=True)

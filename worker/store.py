@@ -24,11 +24,24 @@ from typing import Any
 
 import redis
 from pydantic import BaseModel, ConfigDict
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .models import TaskResult, TestResult
 from .statistics import BatchSummary, RunStatistics
 
 PREFIX = "dify-runner:"
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for the run store that rides out a Redis restart or a short outage:
+    each command is retried with backoff for about half a minute before it fails."""
+    return redis.Redis.from_url(
+        url,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=25),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        health_check_interval=30,
+    )
 
 
 class RunInfo(BaseModel):
@@ -108,6 +121,45 @@ class RunStore:
         if created:
             self.redis.hsetnx(self._key(run_id), "stop_reason", reason)
         return created
+
+    def persistence(self) -> str | None:
+        """A warning when this Redis keeps nothing on disk (a restart would lose results)."""
+        try:
+            config = self.redis.config_get("appendonly") | self.redis.config_get("save")
+        except redis.RedisError:
+            return None  # CONFIG is often disabled on managed Redis: nothing to tell
+        if config.get("appendonly") == "yes" or config.get("save"):
+            return None
+        return ("this Redis keeps nothing on disk (appendonly no, no save points): a Redis restart would lose "
+                "the run's state and results; enable appendonly, or keep the producer's reports")
+
+    def reopen(self, run_id: str, batch_count: int, done_batches: range) -> None:
+        """Make a finished, cancelled or stalled run wait for ``batch_count`` batches again."""
+        key, done_key = self._key(run_id), self._key(run_id, "done")
+        pipe = self.redis.pipeline()
+        pipe.hdel(key, "finished_at", "statistics", "stop_reason")
+        pipe.hset(key, mapping={"state": "running", "batch_count": batch_count})
+        pipe.delete(self._key(run_id, "cancel"), self._key(run_id, "progress"))
+        if len(done_batches):
+            pipe.sadd(done_key, *done_batches)
+            pipe.expire(done_key, self.ttl)
+        pipe.execute()
+
+    def next_resume_round(self, run_id: str) -> int:
+        return int(self.redis.hincrby(self._key(run_id), "resumes", 1))
+
+    def batch_results(self, run_id: str, batch: int) -> dict[str, TestResult]:
+        raw = self.redis.hgetall(self._key(run_id, "tests", batch))
+        return {k.decode(): TestResult.model_validate_json(v) for k, v in raw.items()}
+
+    def replace_batch(self, run_id: str, batch: int, dropped: list[str], summary: BatchSummary) -> None:
+        """Forget some results of a batch (they are being run again) and store its new summary."""
+        pipe = self.redis.pipeline()
+        if dropped:
+            pipe.hdel(self._key(run_id, "tests", batch), *dropped)
+            pipe.hdel(self._key(run_id, "tasks", batch), *dropped)
+        pipe.set(self._key(run_id, "summary", batch), summary.model_dump_json(), ex=self.ttl)
+        pipe.execute()
 
     # -- worker side -----------------------------------------------------------------
 

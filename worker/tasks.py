@@ -26,7 +26,7 @@ from .messages import CaseMessage
 from .models import AttemptRecord, TaskResult, TaskStatus
 from .run_control import Admission, RunGate
 from .statistics import BatchSummary
-from .store import RunStore
+from .store import RunStore, connect
 
 RUN_CASE = "dify_runner.run_case"
 FINISH_BATCH = "dify_runner.finish_batch"
@@ -50,7 +50,7 @@ class WorkerRuntime:
     def __init__(self, app: Celery) -> None:
         self.pid = os.getpid()
         self.settings: Settings = getattr(app, "dify_runner_settings", None) or Settings.from_env()
-        client = redis.Redis.from_url(app.dify_runner_state_url)  # type: ignore[attr-defined]
+        client = connect(app.dify_runner_state_url)  # type: ignore[attr-defined]
         self.store = RunStore(client, self.settings.result_ttl_seconds)
         self.gate = RunGate(client, self.settings.result_ttl_seconds)
         # A case waits this long for a concurrency slot, then goes back to the queue: its
@@ -72,7 +72,8 @@ class WorkerRuntime:
         process; decisions to start an attempt read it fresh."""
         now = time.monotonic()
         cached = self._cancelled.get(run_id)
-        if cached is not None and (cached[1] is not None or (not fresh and now - cached[0] < CANCEL_CHECK_SECONDS)):
+        # A resumed run is un-cancelled, so even a cancellation is only cached briefly.
+        if cached is not None and not fresh and now - cached[0] < CANCEL_CHECK_SECONDS:
             return cached[1]
         if len(self._cancelled) > 1000:
             self._cancelled.clear()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import redis
-
 from dify_runner.worker.store import RunStore
 
 from ..conftest import REPO, Fleet, cli, stub_plan, write_plan
@@ -37,8 +36,10 @@ def test_the_producer_killed_after_submit(tmp_path: Path, fleet: Fleet, redis_ur
     producer = subprocess.Popen([sys.executable, "-m", "dify_runner", "run", str(write_plan(tmp_path, plan)),
                                  "--broker", redis_url], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     assert producer.stdout is not None
-    first_line = producer.stdout.readline()  # "run <id>: 40 cases ..." once everything is submitted
-    run_id = first_line.split()[1].rstrip(":")
+    line = producer.stdout.readline()
+    while not line.startswith("run "):  # "run <id>: 40 cases ..." once everything is submitted
+        line = producer.stdout.readline()
+    run_id = line.split()[1].rstrip(":")
     producer.send_signal(signal.SIGKILL)
     producer.wait()
     status = cli("status", run_id, "--broker", redis_url)

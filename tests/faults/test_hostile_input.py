@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from dify_runner.producer.cli import main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from dify_runner.producer.cli import main
 
 from ..conftest import cli, stub_plan, write_plan
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-
-from dify_runner.mockdify.process import MockDifyProcess
 from dify_runner.producer.embedded import InProcessWorker
 from dify_runner.worker.store import RunStore
+
+from dify_runner.mockdify.process import MockDifyProcess
 
 from ..conftest import manifest_for, run_manifest, stub_plan
 

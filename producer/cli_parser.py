@@ -1,0 +1,73 @@
+"""The ``dify-runner`` argument parser: every command, option and help text."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dify-runner",
+        description="Run test plans against Dify workflows on Celery workers.",
+        epilog="Exit codes: 0 all cases passed, 1 some did not, 2 bad input, 3 Redis/infrastructure, 130 interrupted. "
+        "With no --broker and no DIFY_RUNNER_BROKER_URL, `run` uses the embedded default.",
+    )
+    parser.add_argument("--version", action="version", version=f"dify-runner {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what workers and the producer do")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--broker", metavar="URL",
+                       help="Redis URL shared with the workers (default: $DIFY_RUNNER_BROKER_URL)")
+        return p
+
+    p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
+    p.add_argument("plan", help="the plan file (YAML)")
+    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p = add("submit", "validate a plan and submit it to the fleet; prints the run id and returns")
+    p.add_argument("plan", help="the plan file (YAML)")
+    p.add_argument("--out", metavar="DIR", help="the run's manifest (for resume) goes to DIR/<run_id>/")
+    p = add("resume", "run again the cases of a run that have no final result, then wait and report")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--retry-failed", action="store_true", help="also run FAILED, ERROR and TIMEOUT cases again")
+    p.add_argument("--manifest", metavar="FILE", help="the run's manifest.jsonl (default: DIR/<run_id>/)")
+    p.add_argument("--out", metavar="DIR", help="runs directory (default: runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p = add("status", "show a run's state and counts (all recent runs without RUN_ID)")
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID")
+    p = add("wait", "wait for a submitted run, then print its summary and write its reports")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p = add("cancel", "cancel a run from any terminal: unfinished cases end CANCELLED")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--reason", help="recorded as the run's stop reason")
+    p = add("report", "write the reports of a finished run (report.json, junit.xml)")
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    p = sub.add_parser("validate", help="check a plan and its data files without running it")
+    p.add_argument("plan", help="the plan file (YAML)")
+    p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
+    p.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent", "solo"])
+    p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
+    p = sub.add_parser("mock-dify", help="serve a mock of Dify's workflow API (for tests, benchmarks, demos)",
+                       description="Serve a mock of Dify's workflow API. Cases steer it with the reserved input "
+                       "key _mock, e.g. {\"_mock\": {\"status\": \"failed\"}} (see the README).")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--latency-ms", type=float, default=100)
+    p.add_argument("--jitter-ms", type=float, default=20)
+    p.add_argument("--fail-rate", type=float, default=0.0, help="share of runs that end with status failed")
+    p.add_argument("--rate-limit", metavar="N/s", help="runs per second before 429 rate_limit_error")
+    p.add_argument("--concurrency-limit", type=int, metavar="N", help="runs in flight before 429 too_many_requests")
+    p.add_argument("--api-key", action="append", help="accepted API key (repeatable; default $MOCK_DIFY_API_KEYS "
+                   "or app-mock)")
+    p.add_argument("--ping-interval", type=float, default=10.0, help="seconds between SSE pings")
+    p.add_argument("--price-format", choices=["number", "string"], default="number")
+    p.add_argument("--retry-after", type=float, help="send Retry-After with 429s (Dify itself does not)")
+    return parser

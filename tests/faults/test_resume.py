@@ -1,0 +1,140 @@
+"""Resume, and Redis that restarts: with persistence results survive; without, the loss is
+said plainly and `resume` runs the unfinished cases again from the run's manifest."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from dify_runner.producer.embedded import EmbeddedRedis
+from dify_runner.worker.store import RunStore
+
+from ..conftest import Fleet, cli, stub_plan, write_plan
+
+pytestmark = [pytest.mark.faults, pytest.mark.fleet]
+
+
+def wait_finished(store: RunStore, run_id: str, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = store.get_run(run_id)
+        if info is not None and info.finished:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(run_id)
+
+
+def report_of(out: Path, run_id: str) -> dict:
+    return json.loads((out / run_id / "report.json").read_text())
+
+
+def submit(tmp_path: Path, url: str, plan: dict) -> str:
+    done = cli("submit", str(write_plan(tmp_path, plan)), "--broker", url, "--out", str(tmp_path / "runs"))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(params=[False, True], ids=["no-persistence", "appendonly"])
+def own_redis(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(appendonly=request.param).start()
+    yield server
+    server.stop()
+
+
+def test_resume_a_cancelled_run(tmp_path: Path, fleet: Fleet, redis_url: str) -> None:
+    fleet.start(2, concurrency=4)
+    plan = stub_plan([{"id": f"c{i:02d}"} for i in range(40)], stub={"simulated_delay": 0.2},
+                     execution={"concurrency": 4})
+    run_id = submit(tmp_path, redis_url, plan)
+    store = RunStore(redis.Redis.from_url(redis_url))
+    time.sleep(1.0)
+    assert cli("cancel", run_id, "--broker", redis_url).returncode == 0
+    wait_finished(store, run_id)
+    info = store.get_run(run_id)
+    assert info is not None and info.statistics is not None and 0 < info.statistics.cancelled_tasks < 40
+
+    resumed = cli("resume", run_id, "--broker", redis_url, "--out", str(tmp_path / "runs"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{info.statistics.cancelled_tasks} case(s) submitted again" in resumed.stdout
+    report = report_of(tmp_path / "runs", run_id)
+    assert report["run"]["statistics"]["succeeded_tasks"] == 40 and report["run"]["stop_reason"] is None
+    assert len({r["execution_id"] for r in report["results"]}) == len(report["results"]) == 40
+
+
+def test_resume_retry_failed_runs_failed_cases_again(tmp_path: Path, fleet: Fleet, redis_url: str) -> None:
+    fleet.start(1, concurrency=4)
+    plan = stub_plan([{"id": "ok"}, {"id": "bad"}], stub={"task_behaviors": {"bad": "failure"}},
+                     execution={"retry_policy": {"max_attempts": 1}})
+    run_id = submit(tmp_path, redis_url, plan)
+    store = RunStore(redis.Redis.from_url(redis_url))
+    wait_finished(store, run_id)
+    before = {r.case_id: r.finished_at for r in store.iter_task_results(run_id, 1)}
+    plain = cli("resume", run_id, "--broker", redis_url, "--out", str(tmp_path / "runs"))
+    assert plain.returncode == 1 and "0 case(s) submitted again" in plain.stdout  # FAILED is final
+    again = cli("resume", run_id, "--broker", redis_url, "--out", str(tmp_path / "runs"), "--retry-failed")
+    assert again.returncode == 1 and "1 case(s) submitted again" in again.stdout
+    info = store.get_run(run_id)
+    assert info is not None
+    after = {r.case_id: r.finished_at for r in store.iter_task_results(run_id, info.batch_count)}
+    assert after["ok"] == before["ok"] and after["bad"] > before["bad"]
+    assert len(report_of(tmp_path / "runs", run_id)["results"]) == 2
+
+
+def test_a_redis_restart(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
+    fleet = Fleet(own_redis.url, tmp_path)
+    try:
+        fleet.start(2, concurrency=2)
+        plan = stub_plan([{"id": f"c{i:02d}"} for i in range(24)], stub={"simulated_delay": 0.25},
+                         execution={"concurrency": 2, "batch_size": 6})
+        run_id = submit(tmp_path, own_redis.url, plan)
+        time.sleep(1.2)  # some cases done, most still queued
+        own_redis.restart()
+        waited = cli("wait", run_id, "--broker", own_redis.url, "--out", str(tmp_path / "runs"), timeout=120)
+        if own_redis.appendonly:
+            # The run's state, its queue and its results were on disk: it just goes on.
+            assert waited.returncode == 0, waited.stdout + waited.stderr
+        else:
+            assert waited.returncode == 3
+            assert f"Redis no longer has run '{run_id}'" in waited.stderr and "dify-runner resume" in waited.stderr
+            resumed = cli("resume", run_id, "--broker", own_redis.url, "--out", str(tmp_path / "runs"), timeout=120)
+            assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        report = report_of(tmp_path / "runs", run_id)
+        assert report["run"]["statistics"]["succeeded_tasks"] == 24
+        assert len({r["execution_id"] for r in report["results"]}) == len(report["results"]) == 24
+    finally:
+        fleet.stop()
+
+
+def test_a_redis_without_persistence_is_reported(tmp_path: Path, redis_url: str) -> None:
+    done = cli("submit", str(write_plan(tmp_path, stub_plan([{"id": "a"}]))), "--broker", redis_url,
+               "--out", str(tmp_path / "runs"))
+    assert done.returncode == 0 and "keeps nothing on disk" in done.stdout
+
+
+def test_wait_rides_out_a_redis_outage() -> None:
+    from datetime import datetime, timezone
+
+    from dify_runner.producer.waiting import wait_for_run
+
+    server = EmbeddedRedis(appendonly=True).start()
+    try:
+        store = RunStore(redis.Redis.from_url(server.url))
+        store.create_run("r1", "plan", 0, 0, datetime.now(timezone.utc))
+        server._terminate()  # Redis goes away while the producer waits
+        naps: list[float] = []
+
+        def sleep_fn(seconds: float) -> None:
+            naps.append(seconds)
+            if len(naps) == 3:
+                assert server._launch(10)  # back, with its data (appendonly)
+            if len(naps) == 4:
+                store.finalize("r1", 0)
+
+        info = wait_for_run(store, "r1", sleep_fn=sleep_fn)
+        assert info.finished and len(naps) >= 4
+    finally:
+        server.stop()
