@@ -60,6 +60,7 @@ class Behaviour(BaseModel):
     trickle: bool = False  # answer one byte at a time, forever
     garbage: bool = False  # a 200 whose body is not Dify's protocol
     truncate: bool = False  # the stream stops before workflow_finished
+    reset: bool = False  # the connection breaks mid-stream (no end of the chunked body)
     price_format: Literal["string", "number"] | None = None
     llm_nodes: int = Field(1, ge=0, le=50)
     tokens_per_node: int = Field(120, ge=0)

@@ -212,7 +212,9 @@ class MockDify:
                     run.status = "stopped"
                     break
                 if behaviour.truncate:
-                    return  # the connection closes mid-run: no workflow_finished
+                    return  # the stream ends cleanly mid-run: no workflow_finished
+                if behaviour.reset:
+                    raise ConnectionResetError("mock: connection reset mid-stream")
                 if behaviour.stream_error is not None:
                     yield _sse(run.stream_error(behaviour.stream_error))
                     return

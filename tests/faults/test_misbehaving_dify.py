@@ -20,6 +20,7 @@ FAULTS = {
     "garbage-json": ({"garbage": True}, "blocking", "error", "not JSON"),
     "garbage-sse": ({"garbage": True}, "streaming", "error", "not JSON"),
     "truncated-sse": ({"truncate": True}, "streaming", "error", "stream ended before workflow_finished"),
+    "connection-reset": ({"reset": True}, "streaming", "error", "RemoteProtocolError"),
     "server-error-storm": ({"error": {"http_status": 500, "code": "internal_server_error"}}, "blocking", "error",
                            "HTTP 500 internal_server_error"),
     "bad-gateway-html": ({"error": {"http_status": 502, "code": "bad_gateway", "message": "<html>502</html>"}},
