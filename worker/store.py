@@ -176,6 +176,9 @@ class RunStore:
         pipe.expire(key, self.ttl)
         return int(pipe.execute()[0])
 
+    def batch_done(self, run_id: str, batch: int) -> bool:
+        return bool(self.redis.sismember(self._key(run_id, "done"), batch))
+
     def save_batch(
         self,
         run_id: str,

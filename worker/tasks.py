@@ -275,6 +275,11 @@ def _unreadable_message(raw: Any, exc: ValidationError) -> dict[str, Any]:
 
 def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
     """The chord callback: convert a batch's TaskResults and store them with a summary."""
+    if rt.store.batch_done(run_id, batch):
+        # A late chord of a batch that resume already replaced (or a redelivered callback):
+        # its cases have their results elsewhere; storing them again would count them twice.
+        log.info("run %s batch %d is already done; late results ignored", run_id, batch)
+        return
     task_results = [TaskResult.model_validate(r) for r in results]
     test_results = ResultConverter.convert_batch(task_results)
     summary = BatchSummary()
