@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .expectations import Expectations, Gates
 from .plan import ExecutionPolicy, WorkflowConfig
 
 
@@ -29,6 +30,7 @@ class Task(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     repeat_index: int = 0
     attempt_count: int = 0
+    expect: Expectations | None = None
 
 
 class RunManifest(BaseModel):
@@ -42,6 +44,7 @@ class RunManifest(BaseModel):
     workflows: list[WorkflowConfig]
     cases: list[Task]
     execution_policy: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
+    gates: Gates = Field(default_factory=Gates)
 
     def workflow(self, workflow_id: str) -> WorkflowConfig:
         for workflow in self.workflows:

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .expectations import Expectations, Gates
+
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
 STUB_TARGET = "stub"
@@ -150,6 +152,7 @@ class CaseConfig(StrictModel):
     id: str | None = Field(None, pattern=IDENTIFIER)
     inputs: dict[str, Any] = Field(default_factory=dict)
     scenario: str | None = Field(None, max_length=256)
+    expect: Expectations | None = None
 
 
 class DatasetConfig(StrictModel):
@@ -161,6 +164,8 @@ class DatasetConfig(StrictModel):
     cases: list[CaseConfig] = Field(default_factory=list)
     file: Path | None = None
     id_column: str | None = Field(None, min_length=1, max_length=256)
+    # Expectations for every case of the dataset that has none of its own.
+    expect: Expectations | None = None
 
     @model_validator(mode="after")
     def _has_cases(self) -> DatasetConfig:
@@ -180,6 +185,7 @@ class TestPlan(StrictModel):
     datasets: list[DatasetConfig] = Field(min_length=1)
     repeat: int = Field(1, ge=1, le=10_000)
     execution: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
+    gates: Gates = Field(default_factory=Gates)
 
     @model_validator(mode="after")
     def _references(self) -> TestPlan:

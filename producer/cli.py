@@ -113,8 +113,13 @@ def _finish(console: Console, store: RunStore, info: RunInfo, out_root: Path) ->
     print_summary(console, store, info)
     console.print("reports: " + ", ".join(str(p) for p in paths), highlight=False)
     stats = info.statistics
-    all_passed = stats is not None and stats.total_tasks > 0 and stats.succeeded_tasks == stats.total_tasks
-    return EXIT_OK if all_passed else EXIT_NOT_ALL_PASSED
+    # The plan's gate (gates.pass_rate, default 1.0: every case) decides the exit code.
+    passed = stats is not None and stats.total_tasks > 0 and stats.success_rate >= info.pass_rate
+    if stats is not None and info.pass_rate < 1.0:
+        verdict = "passes" if passed else "fails"
+        console.print(f"gate: pass rate {stats.success_rate:.1%} {verdict} gates.pass_rate {info.pass_rate:.1%}",
+                      highlight=False)
+    return EXIT_OK if passed else EXIT_NOT_ALL_PASSED
 
 
 def _ask_on_interrupt(console: Console, run_id: str, can_detach: bool) -> str:

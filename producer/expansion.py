@@ -42,6 +42,7 @@ def expand(
                             scenario=case.scenario or dataset.scenario,
                             parameters=case.inputs,
                             repeat_index=repeat,
+                            expect=case.expect or dataset.expect,
                         )
                     )
     return RunManifest(
@@ -51,4 +52,5 @@ def expand(
         workflows=plan.workflows,
         cases=tasks,
         execution_policy=plan.execution,
+        gates=plan.gates,
     )

@@ -58,7 +58,7 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
         raise PlanError(str(manifest_file), [f"is the manifest of run {header.run_id}, not {run_id}"])
     info = store.get_run(run_id)
     if info is None:  # Redis lost the run's state: start it again from the manifest
-        store.create_run(run_id, header.plan_name, header.total, 0, datetime.now(timezone.utc))
+        store.create_run(run_id, header.plan_name, header.total, 0, datetime.now(timezone.utc), header.pass_rate)
         old_batches = 0
     else:
         old_batches = info.batch_count

@@ -32,6 +32,7 @@ class ManifestHeader(BaseModel):
     plan_name: str
     total: int
     batch_size: int
+    pass_rate: float = 1.0
 
 
 def attempt_policy(manifest: RunManifest) -> AttemptPolicy:
@@ -88,7 +89,7 @@ def submit(app: Celery, store: RunStore, manifest: RunManifest, executor: str = 
     """
     # The store times the run from now (the manifest's created_at may come from an injected clock).
     store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), manifest.batch_count,
-                     datetime.now(timezone.utc))
+                     datetime.now(timezone.utc), manifest.gates.pass_rate)
     batches = enumerate(case_messages(manifest, executor))
     if manifest_file is None:
         publish(app, manifest.run_id, batches, manifest.batch_count)
@@ -96,7 +97,8 @@ def submit(app: Celery, store: RunStore, manifest: RunManifest, executor: str = 
     manifest_file.parent.mkdir(parents=True, exist_ok=True)
     with manifest_file.open("w", encoding="utf-8") as out:
         header = ManifestHeader(run_id=manifest.run_id, plan_name=manifest.plan_name, total=len(manifest.cases),
-                                batch_size=manifest.execution_policy.batch_size)
+                                batch_size=manifest.execution_policy.batch_size,
+                                pass_rate=manifest.gates.pass_rate)
         out.write(header.model_dump_json() + "\n")
 
         def recorded() -> Iterator[tuple[int, list[CaseMessage]]]:

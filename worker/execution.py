@@ -28,6 +28,7 @@ from ..config.plan import StubConfig
 from .deadline import Deadline
 from .dify_client import ConfigurationError, DifyClient
 from .exceptions import TaskCancelledException, TaskExecutionException, TaskTimeoutException
+from .expectations import check as check_expectations
 from .messages import CaseMessage
 from .models import TaskStatus, TestResult, TestStatus
 from .stub import run_stub
@@ -99,10 +100,16 @@ def run_attempt(
     deadline = Deadline(message.policy.timeout_per_task)
     try:
         value = _call_target(message, task, deadline, dify, hooks, cancelled)
+        latency = time.monotonic() - clock
         test_result = _to_test_result(value, task, started_at)
         status = _STATUS_FROM_TEST[test_result.status]
         error = test_result.error_message
-        return AttemptOutcome(status, started_at, time.monotonic() - clock, error, test_result=test_result)
+        if status is TaskStatus.SUCCEEDED and task.expect is not None:
+            problems = check_expectations(task.expect, test_result, latency)
+            if problems:  # judged, not broken: not retried
+                return AttemptOutcome(TaskStatus.FAILED, started_at, latency, "expectation failed: "
+                                      + "; ".join(problems), retryable=False, test_result=test_result)
+        return AttemptOutcome(status, started_at, latency, error, test_result=test_result)
     except (TaskTimeoutException, SoftTimeLimitExceeded) as exc:
         message_text = str(exc) or f"exceeded timeout_per_task ({deadline.seconds:g} s)"
         return AttemptOutcome(TaskStatus.TIMEOUT, started_at, time.monotonic() - clock, message_text)

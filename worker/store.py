@@ -59,6 +59,8 @@ class RunInfo(BaseModel):
     stop_reason: str | None = None
     statistics: RunStatistics | None = None
     batches_done: int = 0
+    # The plan's gate: the share of cases that must pass for the run to pass.
+    pass_rate: float = 1.0
 
     @property
     def finished(self) -> bool:
@@ -77,7 +79,8 @@ class RunStore:
 
     # -- producer side ---------------------------------------------------------------
 
-    def create_run(self, run_id: str, plan_name: str, total: int, batch_count: int, created_at: datetime) -> None:
+    def create_run(self, run_id: str, plan_name: str, total: int, batch_count: int, created_at: datetime,
+                   pass_rate: float = 1.0) -> None:
         key = self._key(run_id)
         pipe = self.redis.pipeline()
         pipe.hset(
@@ -89,6 +92,7 @@ class RunStore:
                 "batch_count": batch_count,
                 "created_at": created_at.isoformat(),
                 "state": "running",
+                "pass_rate": pass_rate,
             },
         )
         pipe.expire(key, self.ttl)

@@ -1,0 +1,79 @@
+"""What a case must return to pass: the plan's ``expect:`` block.
+
+A case whose workflow run succeeded but misses an expectation ends FAILED, with a
+message naming the expectation and what came back. Expectation failures are not
+retried: the answer came back and was judged (use ``repeat`` to measure flakiness).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Expectations(BaseModel):
+    """Checks on one case's result. Every field is optional; all given must hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Which output variable the text checks read (default: the only output, if one).
+    output: str | None = Field(None, min_length=1)
+    equals: Any = None
+    contains: str | list[str] | None = None
+    not_contains: str | list[str] | None = None
+    regex: str | None = None
+    # JSON Schema (draft 2020-12) for the whole outputs object.
+    json_schema: dict[str, Any] | None = None
+    # JSONPath expression over the outputs -> the value it must find.
+    jsonpath: dict[str, Any] | None = None
+    max_latency: float | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, ge=0)
+    max_cost: float | None = Field(None, ge=0)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+
+            try:
+                Draft202012Validator.check_schema(value)
+            except SchemaError as exc:
+                raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return value
+
+    @field_validator("jsonpath")
+    @classmethod
+    def _valid_paths(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            from jsonpath_ng.exceptions import JsonPathParserError
+            from jsonpath_ng.ext import parse
+
+            for expression in value:
+                try:
+                    parse(expression)
+                except (JsonPathParserError, Exception) as exc:  # the parser raises plain Exceptions too
+                    raise ValueError(f"not a valid JSONPath {expression!r}: {exc}") from None
+        return value
+
+
+class Gates(BaseModel):
+    """Plan-level conditions that decide the run's exit code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The run passes when at least this share of cases passed (default: all of them).
+    pass_rate: float = Field(1.0, ge=0, le=1)

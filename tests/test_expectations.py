@@ -1,0 +1,93 @@
+"""Expectations (`expect:`) and the plan's pass-rate gate."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from dify_runner.config.expectations import Expectations
+from dify_runner.worker.expectations import check
+from dify_runner.worker.models import TestResult, TestStatus
+from pydantic import ValidationError
+
+from .conftest import cli, stub_plan, write_plan
+
+
+def result(outputs: dict, tokens: int = 100, cost: float | None = 0.001) -> TestResult:
+    return TestResult(workflow_id="wf", execution_id="wf/ds/a", timestamp=datetime.now(timezone.utc),
+                      status=TestStatus.SUCCESS, tokens_used=tokens, cost=cost, outputs=outputs)
+
+
+ANSWER = {"answer": "Bonjour le monde", "meta": {"lang": "fr", "score": 0.9}}
+
+
+@pytest.mark.parametrize(
+    ("expect", "problem"),
+    [
+        ({"output": "answer", "equals": "Bonjour le monde"}, None),
+        ({"output": "answer", "equals": "Hello"}, "output 'answer' should equal 'Hello', got 'Bonjour le monde'"),
+        ({"output": "answer", "contains": ["Bonjour", "monde"]}, None),
+        ({"output": "answer", "contains": "Hola"}, "should contain 'Hola'"),
+        ({"output": "answer", "not_contains": "monde"}, "should not contain 'monde'"),
+        ({"output": "answer", "regex": r"^Bon\w+"}, None),
+        ({"output": "answer", "regex": r"^\d+$"}, "should match /^\\d+$/"),
+        ({"contains": "x"}, "a single output (set expect.output)"),
+        ({"output": "missing", "contains": "x"}, "expected output 'missing'"),
+        ({"json_schema": {"type": "object", "required": ["answer"]}}, None),
+        ({"json_schema": {"type": "object", "properties": {"meta": {"properties": {"score": {"maximum": 0.5}}}}}},
+         "outputs do not match the JSON schema at meta/score"),
+        ({"jsonpath": {"$.meta.lang": "fr"}}, None),
+        ({"jsonpath": {"$.meta.lang": "de"}}, "JSONPath $.meta.lang should be 'de', got 'fr'"),
+        ({"jsonpath": {"$.nothing": 1}}, "JSONPath $.nothing found nothing"),
+        ({"max_latency": 0.5}, "latency 0.700 s is over max_latency 0.5 s"),
+        ({"max_tokens": 50}, "100 tokens is over max_tokens 50"),
+        ({"max_cost": 0.0001}, "cost 0.001 is over max_cost 0.0001"),
+    ],
+)
+def test_each_expectation(expect: dict, problem: str | None) -> None:
+    problems = check(Expectations.model_validate(expect), result(ANSWER), latency=0.7)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_unknown_cost_cannot_pass_max_cost() -> None:
+    problems = check(Expectations(max_cost=1.0), result(ANSWER, cost=None), latency=0.1)
+    assert "cost is unknown" in problems[0]
+
+
+@pytest.mark.parametrize("bad", [{"regex": "("}, {"json_schema": {"type": "nope"}}, {"jsonpath": {"$[": 1}},
+                                 {"contians": "x"}])
+def test_bad_expectations_are_plan_errors(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        Expectations.model_validate(bad)
+
+
+def test_expectations_and_the_gate_in_a_run(tmp_path: Path) -> None:
+    """Against the mock (which answers 'mock answer: <inputs>'), on the embedded default."""
+    cases = [
+        {"id": "right", "inputs": {"q": "Bonjour"}, "expect": {"contains": "Bonjour"}},
+        {"id": "wrong", "inputs": {"q": "Hello"}, "expect": {"contains": "Bonjour"}},
+        {"id": "fast-enough", "inputs": {"q": "x"},
+         "expect": {"max_latency": 10, "jsonpath": {"$.answer": "mock answer: x"}}},
+        {"id": "plain", "inputs": {"q": "y"}},
+    ]
+    plan = stub_plan(cases, gates={"pass_rate": 0.75})
+    plan["workflows"] = [{"id": "wf", "base_url": "mock"}]
+    done = cli("run", str(write_plan(tmp_path, plan)), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr  # 3 of 4 passed: 75% meets the gate
+    assert "gate: pass rate 75.0% passes gates.pass_rate 75.0%" in done.stdout
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    results = {r["metadata"]["case_id"]: r for r in json.loads((run_dir / "report.json").read_text())["results"]}
+    wrong = results["wrong"]
+    assert wrong["status"] == "failed" and wrong["metadata"]["attempt_count"] == 1  # judged, not retried
+    assert "expectation failed: output 'answer' should contain 'Bonjour', got 'mock answer: Hello'" \
+        == wrong["error_message"]
+    assert wrong["outputs"] == {"answer": "mock answer: Hello"}  # what came back is kept
+
+    plan["gates"] = {"pass_rate": 0.9}
+    strict = cli("run", str(write_plan(tmp_path, plan)), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert strict.returncode == 1 and "fails gates.pass_rate 90.0%" in strict.stdout
