@@ -33,7 +33,7 @@ from .progress import ProgressReporter, counts_text
 from .reports import print_summary, write_reports
 from .resume import resume_run
 from .submission import HARD_LIMIT_GRACE, submit
-from .waiting import RunLost, RunNotFound, wait_for_run
+from .waiting import RunLost, RunNotFound, RunStalled, wait_for_run
 
 EXIT_OK, EXIT_NOT_ALL_PASSED, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MANIFEST_FILE = "manifest.jsonl"
@@ -136,12 +136,13 @@ def _ask_on_interrupt(console: Console, run_id: str, can_detach: bool) -> str:
     return "wait"
 
 
-def _wait(console: Console, store: RunStore, run_id: str, show_progress: bool, can_detach: bool = True) -> RunInfo:
+def _wait(console: Console, store: RunStore, run_id: str, show_progress: bool, can_detach: bool = True,
+          stall_after: float | None = None) -> RunInfo:
     reporter = ProgressReporter(console, enabled=show_progress)
     try:
         while True:
             try:
-                return wait_for_run(store, run_id, reporter)
+                return wait_for_run(store, run_id, reporter, stall_after=stall_after)
             except KeyboardInterrupt:
                 reporter.close()
                 choice = _ask_on_interrupt(console, run_id, can_detach)
@@ -241,7 +242,7 @@ def cmd_status(args: argparse.Namespace, console: Console, settings: Settings) -
 def cmd_wait(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     store = _fleet_store(_require_broker(args, settings), settings)
     _get_info(store, args.run_id, Path(args.out or settings.runs_dir))
-    info = _wait(console, store, args.run_id, not args.no_progress)
+    info = _wait(console, store, args.run_id, not args.no_progress, stall_after=args.stall_timeout)
     return _finish(console, store, info, Path(args.out or settings.runs_dir))
 
 
@@ -326,6 +327,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunNotFound as exc:
         error(f"no run {exc.args[0]!r} in this Redis (wrong id or broker, or expired)")
         return EXIT_BAD_INPUT
+    except RunStalled as exc:
+        run_id, seconds = exc.args
+        error(f"run {run_id!r} made no progress for {seconds:g} s: no worker is alive, or messages were lost "
+              f"(a worker killed while taking one). `dify-runner resume {run_id}` submits its unfinished cases "
+              "again; `dify-runner status` shows it")
+        return EXIT_INFRA
     except RunLost as exc:
         error(f"Redis no longer has run {exc.args[0]!r} (restarted without persistence, or flushed): its results "
               f"there are lost. `dify-runner resume {exc.args[0]}` runs its unfinished cases again.")

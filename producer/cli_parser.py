@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", metavar="RUN_ID")
     p = add("wait", "wait for a submitted run, then print its summary and write its reports")
     p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
+                   help="give up (exit 3) when no case ends for this long (default: wait as long as it takes)")
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p = add("cancel", "cancel a run from any terminal: unfinished cases end CANCELLED")

@@ -28,6 +28,10 @@ class RunLost(LookupError):
     """The run was there and is gone: Redis lost its state (restarted without persistence)."""
 
 
+class RunStalled(RuntimeError):
+    """No case of the run ended for ``stall_after`` seconds: no live worker, or lost messages."""
+
+
 def wait_for_run(
     store: RunStore,
     run_id: str,
@@ -35,6 +39,7 @@ def wait_for_run(
     poll_interval: float = 0.25,
     token: Any = None,
     sleep_fn: Callable[[float], None] = time.sleep,
+    stall_after: float | None = None,
 ) -> RunInfo:
     """Block until ``run_id`` is finished; report progress on every poll.
 
@@ -43,6 +48,7 @@ def wait_for_run(
     """
     cancelled = seen = False
     outage_since: float | None = None
+    last_change, last_state = time.monotonic(), None
     while True:
         try:
             info = store.get_run(run_id)
@@ -63,6 +69,11 @@ def wait_for_run(
             on_progress(info, progress)
         if info.finished:
             return info
+        state = (sum(progress.values()), info.batches_done, info.batch_count)
+        if state != last_state:
+            last_change, last_state = time.monotonic(), state
+        elif stall_after is not None and time.monotonic() - last_change > stall_after:
+            raise RunStalled(run_id, stall_after)
         if token is not None and not cancelled and token.is_cancelled():
             store.cancel(run_id, "cancelled through the CancellationToken")
             cancelled = True

@@ -138,3 +138,14 @@ def test_wait_rides_out_a_redis_outage() -> None:
         assert info.finished and len(naps) >= 4
     finally:
         server.stop()
+
+
+def test_wait_says_when_a_run_stalls(store: RunStore) -> None:
+    from datetime import datetime, timezone
+
+    from dify_runner.producer.waiting import RunStalled, wait_for_run
+
+    store.create_run("stuck", "plan", 3, 1, datetime.now(timezone.utc))
+    store.count("stuck", "succeeded")
+    with pytest.raises(RunStalled):
+        wait_for_run(store, "stuck", poll_interval=0.05, stall_after=0.3)
