@@ -95,6 +95,17 @@ def run_manifest(app: Celery, store: RunStore, manifest: RunManifest, timeout: f
     return wait_for_run(store, manifest.run_id, guard, poll_interval=0.05)
 
 
+def wait_finished(store: RunStore, run_id: str, timeout: float = 120) -> RunInfo:
+    """Poll the store until a run (submitted elsewhere) is finished."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = store.get_run(run_id)
+        if info is not None and info.finished:
+            return info
+        time.sleep(0.05)
+    raise TimeoutError(run_id)
+
+
 def manifest_for(tmp_path: Path, plan: dict) -> RunManifest:
     return expand(load_plan(write_plan(tmp_path, plan)))
 

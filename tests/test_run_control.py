@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from dify_runner.worker.store import RunInfo, RunStore
+from dify_runner.worker.store import RunStore
 
 from dify_runner.mockdify.process import MockDifyProcess
 
-from .conftest import Fleet, cli, stub_plan, write_plan
+from .conftest import Fleet, cli, stub_plan, wait_finished, write_plan
 
 pytestmark = pytest.mark.fleet
 WORKER_ENV = {"MOCK_KEY": "app-mock"}
@@ -36,14 +36,6 @@ def run_plan(tmp_path: Path, fleet: Fleet, plan: dict) -> dict:
     return json.loads((run_dir / "report.json").read_text())
 
 
-def wait_finished(store: RunStore, run_id: str, timeout: float = 120) -> RunInfo:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        info = store.get_run(run_id)
-        if info is not None and info.finished:
-            return info
-        time.sleep(0.05)
-    raise TimeoutError(run_id)
 
 
 def test_concurrency_is_capped_across_the_fleet(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess) -> None:

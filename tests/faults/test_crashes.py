@@ -14,19 +14,11 @@ import pytest
 import redis
 from dify_runner.worker.store import RunStore
 
-from ..conftest import REPO, Fleet, cli, stub_plan, write_plan
+from ..conftest import REPO, Fleet, cli, stub_plan, wait_finished, write_plan
 
 pytestmark = [pytest.mark.faults, pytest.mark.fleet]
 
 
-def wait_finished(store: RunStore, run_id: str, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        info = store.get_run(run_id)
-        if info is not None and info.finished:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(run_id)
 
 
 def test_the_producer_killed_after_submit(tmp_path: Path, fleet: Fleet, redis_url: str) -> None:
@@ -55,7 +47,7 @@ def test_a_worker_killed_with_retries_waiting_in_its_memory(tmp_path: Path, flee
     behaviors = {f"c{i:02d}": "flaky:1" for i in range(30)}  # every case fails once, then waits 3 s
     plan = stub_plan([{"id": f"c{i:02d}"} for i in range(30)], stub={"task_behaviors": behaviors},
                      execution={"concurrency": 8, "retry_policy": {"max_attempts": 3, "backoff_seconds": 3}})
-    submitted = cli("submit", str(write_plan(tmp_path, plan)), "--broker", redis_url)
+    submitted = cli("submit", str(write_plan(tmp_path, plan)), "--broker", redis_url, "--out", str(tmp_path / "runs"))
     run_id = submitted.stdout.strip().splitlines()[-1]
     store = RunStore(redis.Redis.from_url(redis_url))
     end = time.monotonic() + 20

@@ -13,19 +13,11 @@ import redis
 from dify_runner.producer.embedded import EmbeddedRedis
 from dify_runner.worker.store import RunStore
 
-from ..conftest import Fleet, cli, stub_plan, write_plan
+from ..conftest import Fleet, cli, stub_plan, wait_finished, write_plan
 
 pytestmark = [pytest.mark.faults, pytest.mark.fleet]
 
 
-def wait_finished(store: RunStore, run_id: str, timeout: float = 120) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        info = store.get_run(run_id)
-        if info is not None and info.finished:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(run_id)
 
 
 def report_of(out: Path, run_id: str) -> dict:
