@@ -8,9 +8,9 @@ retried: the answer came back and was judged (use ``repeat`` to measure flakines
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Expectations(BaseModel):
@@ -18,6 +18,12 @@ class Expectations(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # How the Dify workflow run must end. "failed" makes a negative test: the case passes when
+    # the workflow itself reports failed/stopped (not when Dify refuses the call: a 401 or a
+    # 400 is never what a negative test means), and fails when the workflow succeeds.
+    status: Literal["succeeded", "failed"] = "succeeded"
+    # Text the workflow's error must contain (only with status: failed).
+    error_contains: str | list[str] | None = None
     # Which output variable the text checks read (default: the only output, if one).
     output: str | None = Field(None, min_length=1)
     equals: Any = None
@@ -31,6 +37,12 @@ class Expectations(BaseModel):
     max_latency: float | None = Field(None, gt=0)
     max_tokens: int | None = Field(None, ge=0)
     max_cost: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _error_needs_failed(self) -> Expectations:
+        if self.error_contains is not None and self.status != "failed":
+            raise ValueError("error_contains needs status: failed (only a failed workflow run has an error)")
+        return self
 
     @field_validator("regex")
     @classmethod

@@ -54,6 +54,18 @@ def test_each_expectation(expect: dict, problem: str | None) -> None:
         assert len(problems) == 1 and problem in problems[0], problems
 
 
+def test_status_failed_is_a_negative_test() -> None:
+    failed = result({}).model_copy(update={"metadata": {"workflow_status": "failed",
+                                                        "workflow_error": "input too long"}})
+    assert check(Expectations(status="failed", error_contains="too long"), failed, latency=0.1) == []
+    assert "error should contain 'quota'" in check(Expectations(status="failed", error_contains="quota"),
+                                                   failed, latency=0.1)[0]
+    assert check(Expectations(status="failed"), result(ANSWER), latency=0.1) == [
+        "the workflow run should fail, it ended succeeded"]
+    with pytest.raises(ValidationError, match="error_contains needs status: failed"):
+        Expectations(error_contains="x")
+
+
 def test_unknown_cost_cannot_pass_max_cost() -> None:
     problems = check(Expectations(max_cost=1.0), result(ANSWER, cost=None), latency=0.1)
     assert "cost is unknown" in problems[0]
@@ -74,12 +86,18 @@ def test_expectations_and_the_gate_in_a_run(tmp_path: Path) -> None:
         {"id": "fast-enough", "inputs": {"q": "x"},
          "expect": {"max_latency": 10, "jsonpath": {"$.answer": "mock answer: x"}}},
         {"id": "plain", "inputs": {"q": "y"}},
+        # Negative tests: the workflow must fail, and say why.
+        {"id": "must-fail", "inputs": {"q": "z", "_mock": {"status": "failed"}},
+         "expect": {"status": "failed", "error_contains": "failed"}},
+        {"id": "should-have-failed", "inputs": {"q": "z"}, "expect": {"status": "failed"}},
+        {"id": "refused", "inputs": {"q": "z", "_mock": {"error": {"http_status": 400}}},
+         "expect": {"status": "failed"}},
     ]
-    plan = stub_plan(cases, gates={"pass_rate": 0.75})
+    plan = stub_plan(cases, gates={"pass_rate": 4 / 7})
     plan["workflows"] = [{"id": "wf", "base_url": "mock"}]
     done = cli("run", str(write_plan(tmp_path, plan)), "--out", str(tmp_path / "runs"), cwd=tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr  # 3 of 4 passed: 75% meets the gate
-    assert "gate: pass rate 75.0% passes gates.pass_rate 75.0%" in done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr  # 4 of 7 passed: meets the gate
+    assert "gate: pass rate 57.1% passes gates.pass_rate 57.1%" in done.stdout
     [run_dir] = list((tmp_path / "runs").iterdir())
     results = {r["metadata"]["case_id"]: r for r in json.loads((run_dir / "report.json").read_text())["results"]}
     wrong = results["wrong"]
@@ -87,6 +105,12 @@ def test_expectations_and_the_gate_in_a_run(tmp_path: Path) -> None:
     assert "expectation failed: output 'answer' should contain 'Bonjour', got 'mock answer: Hello'" \
         == wrong["error_message"]
     assert wrong["outputs"] == {"answer": "mock answer: Hello"}  # what came back is kept
+    assert results["must-fail"]["status"] == "success"
+    assert results["must-fail"]["metadata"]["workflow_status"] == "failed"
+    assert results["should-have-failed"]["error_message"] == \
+        "expectation failed: the workflow run should fail, it ended succeeded"
+    # Dify refusing the call is not the workflow failing: a negative test cannot pass on it.
+    assert results["refused"]["status"] == "failed" and "HTTP 400" in results["refused"]["error_message"]
 
     plan["gates"] = {"pass_rate": 0.9}
     strict = cli("run", str(write_plan(tmp_path, plan)), "--out", str(tmp_path / "runs"), cwd=tmp_path)

@@ -25,6 +25,14 @@ def check(expect: Expectations, result: TestResult, latency: float) -> list[str]
     """The expectations ``result`` misses, each as a sentence; empty when it passes."""
     problems: list[str] = []
     outputs = result.outputs
+    workflow_status = str(result.metadata.get("workflow_status") or "succeeded")
+    ran_failed = workflow_status in ("failed", "stopped")
+    if expect.status == "failed" and not ran_failed:
+        problems.append(f"the workflow run should fail, it ended {workflow_status}")
+    error = str(result.metadata.get("workflow_error") or "")
+    for needle in _as_list(expect.error_contains):
+        if ran_failed and needle not in error:
+            problems.append(f"the workflow error should contain {needle!r}, got {_shown(error)}")
     text_checks = (expect.equals is not None or expect.contains or expect.not_contains or expect.regex)
     if text_checks:
         name = expect.output or (next(iter(outputs)) if len(outputs) == 1 else None)
