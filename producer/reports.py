@@ -1,30 +1,46 @@
-"""Reports of a finished run: ``report.json``, ``junit.xml`` and the summary table.
+"""The reports of a finished run, in ``runs/<run_id>/``.
 
-Results are streamed from the run store batch by batch, so writing a report of a
-100k-case run does not hold every result in memory at once (JUnit aside, see below).
+    report.json    {"run": RunSummary, "results": [TestResult...], "summary": ReportSummary}
+    results.jsonl  one TestResult per line, appended while the run goes (see result_stream)
+    results.csv    one row per case, for spreadsheets
+    junit.xml      for CI test tabs (see junit_report)
+    report.html    one self-contained page (see html_report)
+
+Everything is written in one pass over the run store, batch by batch, so only one batch
+of results is held at a time (JUnit and the HTML case list aside, see their modules).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import csv
+import json
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, Literal, TextIO
 
-from junitparser import Error, Failure, JUnitXml, Properties, Property, Skipped, TestCase, TestSuite
 from pydantic import BaseModel, ConfigDict
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
-from ..worker.models import TestResult, TestStatus
-from ..worker.statistics import BatchSummary, RunStatistics
+from ..worker.models import TestResult
+from ..worker.statistics import RunStatistics
 from ..worker.store import RunInfo, RunStore
+from .html_report import HtmlCaseList, write_html
+from .junit_report import JUnitWriter
+from .result_stream import RESULTS_FILE, ResultStream
+from .summary import ReportSummary, SummaryBuilder, task_status_of
 
-FAILING_CASES_SHOWN = 10
+__all__ = ["FORMATS", "RunReport", "RunSummary", "summary_of", "write_reports"]
+
+Format = Literal["json", "jsonl", "csv", "junit", "html"]
+FORMATS: tuple[Format, ...] = ("json", "jsonl", "csv", "junit", "html")
+FILE_NAMES: dict[str, str] = {"json": "report.json", "jsonl": RESULTS_FILE, "csv": "results.csv",
+                              "junit": "junit.xml", "html": "report.html"}
+CSV_COLUMNS = ("execution_id", "workflow_id", "dataset", "case_id", "status", "task_status", "execution_time",
+               "tokens_used", "cost", "attempt_count", "workflow_run_id", "error_message", "inputs", "outputs")
 
 
 class RunSummary(BaseModel):
-    """The header of ``report.json``."""
+    """The ``run`` part of ``report.json``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -34,15 +50,24 @@ class RunSummary(BaseModel):
     finished_at: datetime | None
     stop_reason: str | None
     statistics: RunStatistics
+    # The plan's gate and whether the run met it (what decided the exit code).
+    pass_rate_gate: float = 1.0
+    passed: bool = False
 
 
 class RunReport(BaseModel):
-    """The whole ``report.json``: the run's summary and every TestResult."""
+    """The whole ``report.json`` (as ``compare`` reads it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     run: RunSummary
     results: list[TestResult]
+    summary: ReportSummary | None = None
+
+
+def run_passed(info: RunInfo) -> bool:
+    stats = info.statistics
+    return stats is not None and stats.total_tasks > 0 and stats.success_rate >= info.pass_rate
 
 
 def summary_of(info: RunInfo) -> RunSummary:
@@ -53,103 +78,70 @@ def summary_of(info: RunInfo) -> RunSummary:
         finished_at=info.finished_at,
         stop_reason=info.stop_reason,
         statistics=info.statistics or RunStatistics(),
+        pass_rate_gate=info.pass_rate,
+        passed=run_passed(info),
     )
 
 
-def task_status_of(result: TestResult) -> str:
-    """The 8-state status kept in metadata (CANCELLED and ERROR both map to ERROR)."""
-    return str(result.metadata.get("task_status") or result.status.value)
+def write_reports(store: RunStore, info: RunInfo, out_dir: Path, formats: Iterable[str] = FORMATS,
+                  stream: ResultStream | None = None) -> tuple[list[Path], ReportSummary]:
+    """Write the reports in ``formats`` into ``out_dir``; returns their paths and the summary.
 
-
-def write_reports(store: RunStore, info: RunInfo, out_dir: Path) -> list[Path]:
-    """Write ``report.json`` and ``junit.xml`` into ``out_dir``; returns their paths."""
+    ``stream`` is the run's live results.jsonl, if one was followed while waiting: it is
+    completed rather than written again.
+    """
+    wanted = set(formats)
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, junit_path = out_dir / "report.json", out_dir / "junit.xml"
-    suites: dict[str, TestSuite] = {}
-    with json_path.open("w", encoding="utf-8") as out:
-        out.write('{"run": ' + summary_of(info).model_dump_json() + ',\n"results": [')
+    if "jsonl" in wanted:
+        stream = stream if stream is not None and stream.path.parent == out_dir else \
+            ResultStream(store, info.run_id, out_dir)
+        stream.catch_up(info)
+    run = summary_of(info)
+    builder = SummaryBuilder()
+    junit = JUnitWriter(info.run_id, info.plan_name) if "junit" in wanted else None
+    cases = HtmlCaseList() if "html" in wanted else None
+    json_out = (out_dir / FILE_NAMES["json"]).open("w", encoding="utf-8") if "json" in wanted else None
+    csv_file = (out_dir / FILE_NAMES["csv"]).open("w", encoding="utf-8", newline="") if "csv" in wanted else None
+    try:
+        csv_out = _csv_writer(csv_file) if csv_file is not None else None
+        if json_out is not None:
+            json_out.write('{"run": ' + run.model_dump_json() + ',\n"results": [')
         for index, result in enumerate(store.iter_test_results(info.run_id, info.batch_count)):
-            out.write(("," if index else "") + "\n" + result.model_dump_json())
-            suite = suites.get(result.workflow_id)
-            if suite is None:
-                suite = suites[result.workflow_id] = TestSuite(result.workflow_id)
-                suite.add_property("run_id", info.run_id)
-            suite.add_testcase(_junit_case(result))
-    with json_path.open("a", encoding="utf-8") as out:
-        out.write("\n]}\n")
-    xml = JUnitXml(info.plan_name)
-    for suite in suites.values():
-        xml.add_testsuite(suite)
-    xml.update_statistics()
-    xml.write(str(junit_path), pretty=True)
-    return [json_path, junit_path]
+            builder.add(result)
+            if json_out is not None:
+                json_out.write(("," if index else "") + "\n" + result.model_dump_json())
+            if csv_out is not None:
+                csv_out.writerow(csv_row(result))
+            if junit is not None:
+                junit.add(result)
+            if cases is not None:
+                cases.add(result)
+        summary = builder.build()
+        if json_out is not None:
+            json_out.write('\n],\n"summary": ' + summary.model_dump_json() + "}\n")
+    finally:
+        for handle in (json_out, csv_file):
+            if handle is not None:
+                handle.close()
+    if junit is not None:
+        junit.write(out_dir / FILE_NAMES["junit"])
+    if cases is not None:
+        write_html(out_dir / FILE_NAMES["html"], run, summary, cases)
+    return [out_dir / FILE_NAMES[f] for f in FORMATS if f in wanted], summary
 
 
-def _junit_case(result: TestResult) -> TestCase:
-    case = TestCase(result.execution_id, classname=f"{result.workflow_id}.{result.dataset}", time=result.execution_time)
-    status = task_status_of(result)
-    message = result.error_message or status
-    if status == "cancelled":
-        case.result = [Skipped(message)]
-    elif result.status is TestStatus.FAILED:
-        case.result = [Failure(message, type_="failed")]
-    elif result.status is not TestStatus.SUCCESS:
-        case.result = [Error(message, type_=status)]
-    properties = Properties()
-    for key in ("workflow_run_id", "attempt_count"):
-        if result.metadata.get(key) is not None:
-            properties.add_property(Property(key, str(result.metadata[key])))
-    properties.add_property(Property("tokens", str(result.tokens_used)))
-    if result.cost is not None:
-        properties.add_property(Property("cost", f"{result.cost:g}"))
-    case.append(properties)
-    return case
+def _csv_writer(handle: TextIO) -> Any:
+    writer = csv.writer(handle)
+    writer.writerow(CSV_COLUMNS)
+    return writer
 
 
-def print_summary(console: Console, store: RunStore, info: RunInfo) -> None:
-    """The table a person reads at the end of a run."""
-    groups: dict[tuple[str, str], BatchSummary] = defaultdict(BatchSummary)
-    failing: list[TestResult] = []
-    for result in store.iter_test_results(info.run_id, info.batch_count):
-        status = task_status_of(result)
-        groups[(result.workflow_id, result.dataset or "-")].add(
-            status, result.execution_time, result.tokens_used, result.cost,
-            returned=status in ("succeeded", "failed"),
-        )
-        if result.status is not TestStatus.SUCCESS and len(failing) < FAILING_CASES_SHOWN:
-            failing.append(result)
-
-    table = Table(title=f"run {info.run_id} ({info.plan_name})", title_justify="left", box=box.SIMPLE_HEAD)
-    # Short headers: the table must stay readable in an 80-column CI log.
-    for column in ("workflow", "dataset", "cases", "ok", "fail", "t/o", "err", "cxl", "pass", "p50 s", "p95 s",
-                   "tokens"):
-        table.add_column(column, justify="left" if column in ("workflow", "dataset") else "right",
-                         no_wrap=column not in ("workflow", "dataset"))
-    for (workflow, dataset), summary in sorted(groups.items()):
-        table.add_row(workflow, dataset, *_stat_cells(RunStatistics.from_summaries([summary])))
-    stats = info.statistics or RunStatistics()
-    table.add_section()
-    table.add_row("[bold]all", "", *_stat_cells(stats))
-    console.print(table)
-    unknown = f" ({stats.cost_unknown_tasks} cases unknown)" if stats.cost_unknown_tasks else ""
-    cost = f"{stats.total_cost:.6f}{unknown}"
-    console.print(f"duration {stats.total_duration:.2f} s, cost {cost}, p99 {_seconds(stats.latency_p99)} s")
-    if info.stop_reason:
-        console.print(f"[yellow]stop reason:[/] {info.stop_reason}")
-    if failing:
-        console.print(f"[bold]not passed[/] (first {len(failing)}):")
-        for result in failing:
-            console.print(f"  {task_status_of(result):9} {result.execution_id}: {result.error_message}",
-                          markup=False, highlight=False)
-
-
-def _stat_cells(s: RunStatistics) -> list[str]:
+def csv_row(result: TestResult) -> list[Any]:
+    meta = result.metadata
     return [
-        str(s.total_tasks), str(s.succeeded_tasks), str(s.failed_tasks), str(s.timeout_tasks),
-        str(s.error_tasks), str(s.cancelled_tasks), f"{s.success_rate:.1%}",
-        _seconds(s.latency_p50), _seconds(s.latency_p95), str(s.total_tokens),
+        result.execution_id, result.workflow_id, result.dataset or "", meta.get("case_id", ""),
+        result.status.value, task_status_of(result), f"{result.execution_time:.6f}", result.tokens_used,
+        "" if result.cost is None else f"{result.cost:g}", meta.get("attempt_count", ""),
+        meta.get("workflow_run_id", ""), result.error_message or "",
+        json.dumps(result.inputs, ensure_ascii=False), json.dumps(result.outputs, ensure_ascii=False),
     ]
-
-
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"

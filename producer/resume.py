@@ -20,8 +20,8 @@ from ..config.errors import PlanError
 from ..worker.messages import CaseMessage
 from ..worker.statistics import BatchSummary
 from ..worker.store import RunStore
-from .reports import task_status_of
 from .submission import ManifestHeader, publish
+from .summary import task_status_of
 
 KEPT = frozenset({"succeeded", "failed", "timeout", "error"})
 ANSWERED = frozenset({"succeeded", "failed"})

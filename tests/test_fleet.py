@@ -47,6 +47,13 @@ def test_submit_then_status_wait_and_report_from_new_processes(tmp_path: Path, f
     report = cli("report", run_id, "--broker", fleet.broker_url, "--out", str(tmp_path / "again"))
     assert report.returncode == 0
     assert json.loads((tmp_path / "again" / run_id / "report.json").read_text())["run"]["run_id"] == run_id
+    assert {p.name for p in (tmp_path / "again" / run_id).iterdir()} == \
+        {"report.json", "results.jsonl", "results.csv", "junit.xml", "report.html"}
+    only = cli("report", run_id, "--broker", fleet.broker_url, "--out", str(tmp_path / "only"), "--format", "csv,junit")
+    assert only.returncode == 0 and {p.name for p in (tmp_path / "only" / run_id).iterdir()} == \
+        {"results.csv", "junit.xml"}
+    wrong = cli("report", run_id, "--broker", fleet.broker_url, "--format", "pdf")
+    assert wrong.returncode == 2 and "--format 'pdf': unknown format pdf" in wrong.stderr
     unknown = cli("wait", "no-such-run", "--broker", fleet.broker_url)
     assert unknown.returncode == 2 and "no run 'no-such-run'" in unknown.stderr
 

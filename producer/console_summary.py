@@ -1,0 +1,62 @@
+"""The summary printed at the end of ``run``, ``wait``, ``resume`` and ``report``.
+
+Short column headers: the tables must stay readable in an 80-column CI log.
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from ..worker.statistics import RunStatistics
+from .reports import RunSummary
+from .summary import ReportSummary, number_text
+
+FLAKY_SHOWN = 10
+
+
+def print_summary(console: Console, run: RunSummary, summary: ReportSummary) -> None:
+    stats = run.statistics
+    table = Table(title=f"run {run.run_id} ({run.plan_name})", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("workflow", "dataset", "cases", "pass", "p50 s", "p95 s", "p99 s", "tokens", "cost"):
+        table.add_column(column, justify="left" if column in ("workflow", "dataset") else "right",
+                         no_wrap=column not in ("workflow", "dataset"))
+    for group in summary.groups:
+        table.add_row(group.workflow_id, group.dataset, *_cells(group.statistics))
+    table.add_section()
+    table.add_row("[bold]all", "", *_cells(stats))
+    console.print(table)
+
+    counts = ", ".join(f"{status} {n}" for status, n in stats.counts_by_status().items() if n)
+    console.print(f"{counts or 'no cases'}; duration {stats.total_duration:.2f} s", highlight=False)
+    if summary.failures_by_class:
+        console.print("failures by class: " + ", ".join(f"{kind} {n}" for kind, n in summary.failures_by_class.items()),
+                      markup=False, highlight=False)
+    if summary.slowest:
+        console.print("slowest: " + ", ".join(f"{c.execution_id} {c.latency:.2f}s" for c in summary.slowest[:5]),
+                      markup=False, highlight=False)
+    flaky = summary.flaky
+    if flaky:
+        console.print(f"[bold]flaky[/] ({len(flaky)} of {len(summary.repeats)} repeated cases):")
+        for repeats in flaky[:FLAKY_SHOWN]:
+            console.print(f"  {repeats.passed}/{repeats.runs} passed  {repeats.case}", markup=False, highlight=False)
+    elif summary.repeats:
+        solid = sum(r.passed == r.runs for r in summary.repeats)
+        console.print(f"repeats: {solid} of {len(summary.repeats)} cases passed every time, none flaky",
+                      highlight=False)
+    if run.stop_reason:
+        console.print(f"[yellow]stop reason:[/] {run.stop_reason}", highlight=False)
+    if summary.failing:
+        shown = len(summary.failing)
+        more = f" of {summary.failing_total}" if summary.failing_total > shown else ""
+        console.print(f"[bold]not passed[/] ({shown}{more}):")
+        for case in summary.failing:
+            console.print(f"  {case.status:9} {case.execution_id}: {case.error_message}", markup=False,
+                          highlight=False)
+
+
+def _cells(s: RunStatistics) -> list[str]:
+    cost = f"{s.total_cost:.4f}" + ("?" if s.cost_unknown_tasks else "")
+    return [str(s.total_tasks), f"{s.success_rate:.1%}", number_text(s.latency_p50), number_text(s.latency_p95),
+            number_text(s.latency_p99), str(s.total_tokens), cost]
