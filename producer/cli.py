@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -27,13 +27,17 @@ from ..config.loader import LoadedPlan, format_validation_error, load_plan
 from ..config.settings import ENV_PREFIX, Settings
 from ..worker.store import RunInfo, RunStore, connect
 from .cli_parser import build_parser
+from .compare import Thresholds, compare, print_comparison, resolve_report
+from .console_summary import print_summary
 from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
-from .progress import ProgressReporter, counts_text
-from .reports import print_summary, write_reports
+from .progress import STATUS_ORDER, counts_text
+from .reports import FORMATS, summary_of, write_reports
+from .result_stream import ResultStream
 from .resume import resume_run
 from .submission import HARD_LIMIT_GRACE, submit
-from .waiting import RunLost, RunNotFound, RunStalled, wait_for_run
+from .waiting import RunLost, RunNotFound, RunStalled
+from .watch import watch_run
 
 EXIT_OK, EXIT_NOT_ALL_PASSED, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MANIFEST_FILE = "manifest.jsonl"
@@ -108,52 +112,38 @@ def _require_broker(args: argparse.Namespace, settings: Settings) -> str:
     return url
 
 
-def _finish(console: Console, store: RunStore, info: RunInfo, out_root: Path) -> int:
-    paths = write_reports(store, info, out_root / info.run_id)
-    print_summary(console, store, info)
+def _finish(console: Console, store: RunStore, info: RunInfo, out_root: Path, formats: Sequence[str] = FORMATS,
+            stream: ResultStream | None = None) -> int:
+    paths, summary = write_reports(store, info, out_root / info.run_id, formats, stream)
+    run = summary_of(info)
+    print_summary(console, run, summary)
     console.print("reports: " + ", ".join(str(p) for p in paths), highlight=False)
-    stats = info.statistics
     # The plan's gate (gates.pass_rate, default 1.0: every case) decides the exit code.
-    passed = stats is not None and stats.total_tasks > 0 and stats.success_rate >= info.pass_rate
-    if stats is not None and info.pass_rate < 1.0:
-        verdict = "passes" if passed else "fails"
-        console.print(f"gate: pass rate {stats.success_rate:.1%} {verdict} gates.pass_rate {info.pass_rate:.1%}",
-                      highlight=False)
-    return EXIT_OK if passed else EXIT_NOT_ALL_PASSED
+    if info.statistics is not None and info.pass_rate < 1.0:
+        verdict = "passes" if run.passed else "fails"
+        console.print(f"gate: pass rate {run.statistics.success_rate:.1%} {verdict} gates.pass_rate "
+                      f"{info.pass_rate:.1%}", highlight=False)
+    return EXIT_OK if run.passed else EXIT_NOT_ALL_PASSED
 
 
-def _ask_on_interrupt(console: Console, run_id: str, can_detach: bool) -> str:
-    """What Ctrl+C means: ask on a terminal; cancel when nobody can answer (CI)."""
-    if not sys.stdin.isatty():
-        return "cancel"
-    options = "[c]ancel the run, [d]etach (it goes on), or Enter to keep waiting" if can_detach else \
-        "[c]ancel the run, or Enter to keep waiting"
-    answer = console.input(f"\n[bold]interrupted[/]: {options}? ").strip().lower()
-    if answer.startswith("c"):
-        return "cancel"
-    if answer.startswith("d") and can_detach:
-        return "detach"
-    return "wait"
+def _workers_alive(app: Celery) -> Callable[[], int | None]:
+    """How many workers answer a ping (fleet mode's progress line); None when asking fails."""
+    def count() -> int | None:
+        try:
+            return len(app.control.ping(timeout=0.5) or [])
+        except Exception:  # noqa: BLE001 - a progress figure must never stop the wait
+            return None
+    return count
 
 
-def _wait(console: Console, store: RunStore, run_id: str, show_progress: bool, can_detach: bool = True,
-          stall_after: float | None = None) -> RunInfo:
-    reporter = ProgressReporter(console, enabled=show_progress)
-    try:
-        while True:
-            try:
-                return wait_for_run(store, run_id, reporter, stall_after=stall_after)
-            except KeyboardInterrupt:
-                reporter.close()
-                choice = _ask_on_interrupt(console, run_id, can_detach)
-                if choice == "cancel":
-                    store.cancel(run_id, "interrupted (Ctrl+C)")
-                    console.print("[yellow]cancelling: unfinished cases end CANCELLED; reports follow[/]")
-                elif choice == "detach":
-                    console.print(f"run {run_id} goes on; `dify-runner wait {run_id}` picks it up", highlight=False)
-                    raise
-    finally:
-        reporter.close()
+def _stall_after(args: argparse.Namespace, settings: Settings) -> float | None:
+    """How long a run may go without any case ending before waiting gives up (exit 3).
+
+    By default twice the visibility timeout: by then every message of a dead worker has
+    come back, so a run still not moving has lost one (see README, Reliability). 0: never.
+    """
+    seconds = args.stall_timeout if args.stall_timeout is not None else 2 * settings.visibility_timeout
+    return seconds or None
 
 
 def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -169,7 +159,7 @@ def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings)
 
 def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     loaded = _load(args.plan, console, settings)
-    manifest = expand(loaded)
+    manifest = expand(loaded, consume=True)
     if (args.broker or settings.broker_url) and any(w.is_mock for w in manifest.workflows):
         raise UsageError("base_url: mock runs only on the embedded default; for a fleet, start "
                          "`dify-runner mock-dify --host 0.0.0.0` and use its URL")
@@ -182,14 +172,17 @@ def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> i
         console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
                       f"{manifest.batch_count} batches on {where}", highlight=False)
         # The embedded default's run dies with this process: it can be cancelled, not left.
-        info = _wait(console, store, manifest.run_id, not args.no_progress, can_detach=where.startswith("the fleet"))
-        return _finish(console, store, info, out_root)
+        fleet = where.startswith("the fleet")
+        info, stream = watch_run(console, store, manifest.run_id, out_root / manifest.run_id, not args.no_progress,
+                                 can_detach=fleet, stall_after=_stall_after(args, settings),
+                                 workers_alive=_workers_alive(app) if fleet else None)
+        return _finish(console, store, info, out_root, stream=stream)
 
 
 def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     url = _require_broker(args, settings)
     loaded = _load(args.plan, console, settings)
-    manifest = expand(loaded)
+    manifest = expand(loaded, consume=True)
     store = _fleet_store(url, settings)
     _warn_persistence(console, store)
     manifest_file = Path(args.out or settings.runs_dir) / manifest.run_id / MANIFEST_FILE
@@ -209,10 +202,12 @@ def cmd_resume(args: argparse.Namespace, console: Console, settings: Settings) -
     out_root = Path(args.out or settings.runs_dir)
     store = _fleet_store(url, settings)
     manifest_file = Path(args.manifest) if args.manifest else out_root / args.run_id / MANIFEST_FILE
-    count = resume_run(_fleet_app(url, settings), store, args.run_id, manifest_file, args.retry_failed)
+    app = _fleet_app(url, settings)
+    count = resume_run(app, store, args.run_id, manifest_file, args.retry_failed)
     console.print(f"run {args.run_id}: {count} case(s) submitted again", highlight=False)
-    info = _wait(console, store, args.run_id, not args.no_progress)
-    return _finish(console, store, info, out_root)
+    info, stream = watch_run(console, store, args.run_id, out_root / args.run_id, not args.no_progress,
+                             stall_after=_stall_after(args, settings), workers_alive=_workers_alive(app))
+    return _finish(console, store, info, out_root, stream=stream)
 
 
 def _get_info(store: RunStore, run_id: str, out_root: Path | None = None) -> RunInfo:
@@ -230,7 +225,7 @@ def cmd_status(args: argparse.Namespace, console: Console, settings: Settings) -
     run_ids = [args.run_id] if args.run_id else store.list_runs()
     for run_id in run_ids:
         info = _get_info(store, run_id)
-        done = sum(v for k, v in store.progress(run_id).items() if k not in ("retries", "failures"))
+        done = sum(store.progress(run_id).get(status, 0) for status in STATUS_ORDER)
         console.print(f"{run_id}  {info.plan_name}  {info.state}  {min(done, info.total)}/{info.total}  "
                       f"{counts_text(store.progress(run_id), markup=False)}"
                       + (f"  ({info.stop_reason})" if info.stop_reason else ""), highlight=False, markup=False)
@@ -240,10 +235,14 @@ def cmd_status(args: argparse.Namespace, console: Console, settings: Settings) -
 
 
 def cmd_wait(args: argparse.Namespace, console: Console, settings: Settings) -> int:
-    store = _fleet_store(_require_broker(args, settings), settings)
-    _get_info(store, args.run_id, Path(args.out or settings.runs_dir))
-    info = _wait(console, store, args.run_id, not args.no_progress, stall_after=args.stall_timeout)
-    return _finish(console, store, info, Path(args.out or settings.runs_dir))
+    url = _require_broker(args, settings)
+    store = _fleet_store(url, settings)
+    out_root = Path(args.out or settings.runs_dir)
+    _get_info(store, args.run_id, out_root)
+    info, stream = watch_run(console, store, args.run_id, out_root / args.run_id, not args.no_progress,
+                             stall_after=_stall_after(args, settings),
+                             workers_alive=_workers_alive(_fleet_app(url, settings)))
+    return _finish(console, store, info, out_root, stream=stream)
 
 
 def cmd_report(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -252,7 +251,27 @@ def cmd_report(args: argparse.Namespace, console: Console, settings: Settings) -
     if not info.finished:
         raise UsageError(f"run {args.run_id} is still running ({info.batches_done}/{info.batch_count} batches done); "
                          "use `dify-runner wait`")
-    return _finish(console, store, info, Path(args.out or settings.runs_dir))
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UsageError(f"--format {args.format!r}: unknown format {', '.join(unknown) or '(none)'}; "
+                         f"choose from {', '.join(FORMATS)}")
+    return _finish(console, store, info, Path(args.out or settings.runs_dir), formats)
+
+
+def cmd_compare(args: argparse.Namespace, console: Console, settings: Settings) -> int:
+    runs_dir = Path(args.runs_dir or settings.runs_dir)
+    try:
+        thresholds = Thresholds(max_new_failures=args.max_new_failures, max_pass_rate_drop=args.max_pass_rate_drop,
+                                max_latency_increase=args.max_latency_increase,
+                                max_cost_increase=args.max_cost_increase)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        option = "--" + str(error["loc"][0]).replace("_", "-")
+        raise UsageError(f"{option} {error['input']!r}: {error['msg']}") from None
+    comparison = compare(resolve_report(args.run_a, runs_dir), resolve_report(args.run_b, runs_dir), thresholds)
+    print_comparison(console, comparison)
+    return EXIT_NOT_ALL_PASSED if comparison.regressions else EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -297,7 +316,7 @@ def cmd_mock_dify(args: argparse.Namespace, console: Console, settings: Settings
 COMMANDS = {
     "run": cmd_run, "submit": cmd_submit, "status": cmd_status, "wait": cmd_wait,
     "report": cmd_report, "cancel": cmd_cancel, "resume": cmd_resume, "validate": cmd_validate, "worker": cmd_worker,
-    "mock-dify": cmd_mock_dify,
+    "mock-dify": cmd_mock_dify, "compare": cmd_compare,
 }
 
 

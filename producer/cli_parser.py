@@ -5,6 +5,25 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from .reports import FORMATS
+
+
+def seconds(text: str) -> float:
+    """A number of seconds, 0 or more (argparse says which option when it is not)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+def add_waiting_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that waits for a run (run, resume, wait)."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    p.add_argument("--stall-timeout", type=seconds, metavar="SECONDS",
+                   help="exit 3 when no case ends for this long (default: twice the visibility timeout; 0: never)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
     p.add_argument("plan", help="the plan file (YAML)")
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    add_waiting_options(p)
     p = add("submit", "validate a plan and submit it to the fleet; prints the run id and returns")
     p.add_argument("plan", help="the plan file (YAML)")
     p.add_argument("--out", metavar="DIR", help="the run's manifest (for resume) goes to DIR/<run_id>/")
@@ -36,21 +55,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="also run FAILED, ERROR and TIMEOUT cases again")
     p.add_argument("--manifest", metavar="FILE", help="the run's manifest.jsonl (default: DIR/<run_id>/)")
     p.add_argument("--out", metavar="DIR", help="runs directory (default: runs/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    add_waiting_options(p)
     p = add("status", "show a run's state and counts (all recent runs without RUN_ID)")
     p.add_argument("run_id", nargs="?", metavar="RUN_ID")
     p = add("wait", "wait for a submitted run, then print its summary and write its reports")
     p.add_argument("run_id", metavar="RUN_ID")
-    p.add_argument("--stall-timeout", type=float, metavar="SECONDS",
-                   help="give up (exit 3) when no case ends for this long (default: wait as long as it takes)")
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    add_waiting_options(p)
     p = add("cancel", "cancel a run from any terminal: unfinished cases end CANCELLED")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--reason", help="recorded as the run's stop reason")
-    p = add("report", "write the reports of a finished run (report.json, junit.xml)")
+    p = add("report", "write the reports of a finished run and print its summary")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    p.add_argument("--format", default=",".join(FORMATS), metavar="LIST",
+                   help=f"comma-separated, of {', '.join(FORMATS)} (default: all)")
+    p = sub.add_parser("compare", help="compare two runs case by case; exit 1 on a regression beyond thresholds",
+                       description="Compare run B with run A (each a run id under --runs-dir, a run directory or a "
+                       "report.json): cases newly failing or fixed, pass rate, latency and cost. Exit 1 when B "
+                       "regresses beyond the thresholds, so CI can gate on it.")
+    p.add_argument("run_a", metavar="A", help="the baseline run")
+    p.add_argument("run_b", metavar="B", help="the run to judge")
+    p.add_argument("--runs-dir", metavar="DIR", help="where run ids are looked up (default: runs/)")
+    p.add_argument("--max-new-failures", type=int, default=0, metavar="N", help="newly failing cases allowed (0)")
+    p.add_argument("--max-pass-rate-drop", type=float, default=0.0, metavar="SHARE",
+                   help="pass-rate drop allowed, as a share: 0.02 = two points (0)")
+    p.add_argument("--max-latency-increase", type=float, default=0.2, metavar="RATIO",
+                   help="p95 latency rise allowed, relative (0.2 = 20%%; rises under 0.05 s never count)")
+    p.add_argument("--max-cost-increase", type=float, default=0.2, metavar="RATIO",
+                   help="rise of the mean cost per case allowed, relative (0.2)")
     p = sub.add_parser("validate", help="check a plan and its data files without running it")
     p.add_argument("plan", help="the plan file (YAML)")
     p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
