@@ -3,10 +3,12 @@
 Celery's ``rate_limit`` is per worker and it has no global concurrency limit (celery#5732,
 #6591), so every attempt passes this gate first, whichever worker runs it:
 
-- **concurrency**: a slot is a lease in a sorted set (``acquire_slot.lua``); holders renew
-  their leases every few seconds, so a worker that dies frees its slots within LEASE_TTL.
-- **rate**: GCRA over one key per limit (``rate_limit.lua``): ``requests_per_second`` and
-  ``requests_per_minute`` with ``burst``, per run or per Dify base URL.
+- **concurrency**: a slot is a lease in a sorted set (``acquire_slot.lua``, which also reads
+  the cancel flag and the cooldown in the same round trip); holders renew their leases every
+  few seconds, so a worker that dies frees its slots within LEASE_TTL.
+- **rate**: GCRA over one key per limit (``rate_limit.lua``), reserving each attempt's
+  instant: ``requests_per_second`` and ``requests_per_minute`` with ``burst``, per run or
+  per Dify base URL.
 - **cooldown**: a 429 from Dify pauses new attempts of the whole run for its Retry-After
   (or the policy's backoff); then the run recovers by itself.
 
@@ -30,7 +32,7 @@ from pathlib import Path
 import redis
 
 from ..config.plan import RateControl
-from .store import PREFIX
+from .store import PREFIX, run_key
 
 LUA = Path(__file__).with_name("lua")
 LEASE_TTL_MS = 10_000
@@ -57,6 +59,7 @@ class RunGate:
         self._rate = client.register_script((LUA / "rate_limit.lua").read_text())
         self._held: dict[str, str] = {}  # lease id -> slots key
         self._lock = threading.Lock()
+        self._local = threading.local()  # the lease of the attempt this thread runs
         self._keeper: threading.Thread | None = None
 
     @contextmanager
@@ -65,23 +68,39 @@ class RunGate:
         cancelled: Callable[[], bool], max_wait: float,
     ) -> Iterator[Admission]:
         """Wait for a slot, the cooldown and the rate limit. Yields ADMITTED (the slot is
-        held for the block), CANCELLED (the run was cancelled meanwhile) or BUSY (no slot
-        within ``max_wait``: the caller re-queues the case rather than hold its message
-        past the broker's visibility timeout)."""
-        lease = self._take_slot(run_id, concurrency, cancelled, time.monotonic() + max_wait)
-        if not isinstance(lease, str):
-            yield lease
+        held for the block, or until ``release_into``), CANCELLED (the run was cancelled
+        meanwhile) or BUSY (no slot within ``max_wait``: the caller re-queues the case rather
+        than hold its message past the broker's visibility timeout)."""
+        taken = self._take_slot(run_id, concurrency, cancelled, time.monotonic() + max_wait)
+        if isinstance(taken, Admission):
+            yield taken
             return
+        lease, cooldown_ms = taken
+        self._local.lease = lease
         try:
-            admitted = self._wait(lambda: self._cooldown_ms(run_id), cancelled) and self._wait(
-                lambda: self._rate_ms(run_id, rate, base_url), cancelled)
+            admitted = (cooldown_ms <= 0 or self._wait(lambda: self._cooldown_ms(run_id), cancelled)) and \
+                self._sleep(self._reserve_ms(run_id, rate, base_url), cancelled)
             yield Admission.ADMITTED if admitted else Admission.CANCELLED
         finally:
+            self._local.lease = None
+            self._release(lease)
+
+    def release_into(self, pipe: redis.client.Pipeline) -> None:
+        """Give back this thread's slot as part of ``pipe`` (saves a round trip per case)."""
+        lease = getattr(self._local, "lease", None)
+        key = self._forget(lease) if lease is not None else None
+        if key is not None:
+            pipe.zrem(key, lease)
+
+    def release(self) -> None:
+        """Give back this thread's slot now (before a wait that must not hold it)."""
+        lease = getattr(self._local, "lease", None)
+        if lease is not None:
             self._release(lease)
 
     def cool_down(self, run_id: str, seconds: float) -> None:
         """Pause new attempts of the run for ``seconds`` (a 429 slows the whole fleet)."""
-        key, ms = PREFIX + f"run:{run_id}:cooldown", max(1, int(seconds * 1000))
+        key, ms = run_key(run_id, "cooldown"), max(1, int(seconds * 1000))
         if (self.redis.pttl(key) or 0) < ms:
             self.redis.set(key, "429", px=ms)
             log.info("run %s: Dify answered 429, the fleet pauses for %.2fs", run_id, seconds)
@@ -90,19 +109,23 @@ class RunGate:
 
     def _take_slot(
         self, run_id: str, concurrency: int, cancelled: Callable[[], bool], give_up_at: float
-    ) -> str | Admission:
-        key, lease = PREFIX + f"run:{run_id}:slots", uuid.uuid4().hex
+    ) -> tuple[str, int] | Admission:
+        """A lease on one slot and the cooldown left (ms), or why there is none."""
+        keys = [run_key(run_id, "slots"), run_key(run_id, "cancel"), run_key(run_id, "cooldown")]
+        lease = uuid.uuid4().hex
         with self._lock:
-            self._held[lease] = key  # renewed from now on, even while waiting
+            self._held[lease] = keys[0]  # renewed from now on, even while waiting
         self._ensure_keeper()
         delay = POLL_MIN
-        while not self._acquire(keys=[key], args=[concurrency, lease, LEASE_TTL_MS, self.key_ttl]):
-            if cancelled() or time.monotonic() > give_up_at:
+        while True:
+            code, cooldown_ms = self._acquire(keys=keys, args=[concurrency, lease, LEASE_TTL_MS, self.key_ttl])
+            if code == 1:
+                return lease, int(cooldown_ms)
+            if code == 2 or cancelled() or time.monotonic() > give_up_at:
                 self._forget(lease)
-                return Admission.CANCELLED if cancelled() else Admission.BUSY
+                return Admission.CANCELLED if code == 2 or cancelled() else Admission.BUSY
             time.sleep(delay)
             delay = min(POLL_MAX, delay * 2)
-        return lease
 
     def _release(self, lease: str) -> None:
         key = self._forget(lease)
@@ -133,13 +156,14 @@ class RunGate:
     # -- cooldown and rate -----------------------------------------------------------------
 
     def _cooldown_ms(self, run_id: str) -> int:
-        return max(0, int(self.redis.pttl(PREFIX + f"run:{run_id}:cooldown") or 0))
+        return max(0, int(self.redis.pttl(run_key(run_id, "cooldown")) or 0))
 
-    def _rate_ms(self, run_id: str, rate: RateControl | None, base_url: str) -> int:
+    def _reserve_ms(self, run_id: str, rate: RateControl | None, base_url: str) -> float:
+        """Reserve this attempt's instant under the rate limits; ms until it comes."""
         if rate is None or (rate.requests_per_second is None and rate.requests_per_minute is None):
             return 0
         scope = (PREFIX + "rate:" + hashlib.sha256(base_url.encode()).hexdigest()[:16]
-                 if rate.scope == "base_url" else PREFIX + f"run:{run_id}:rate")
+                 if rate.scope == "base_url" else run_key(run_id, "rate"))
         burst = rate.burst or 1
         keys, args = [], []
         for name, per_second in (("second", rate.requests_per_second),
@@ -148,10 +172,20 @@ class RunGate:
                 interval = 1000.0 / per_second
                 keys.append(f"{scope}:{name}")
                 args += [interval, (burst - 1) * interval]
-        return int(self._rate(keys=keys, args=args))
+        return float(self._rate(keys=keys, args=args))
 
     @staticmethod
-    def _wait(wait_ms: Callable[[], int], cancelled: Callable[[], bool]) -> bool:
+    def _sleep(ms: float, cancelled: Callable[[], bool]) -> bool:
+        """Sleep ``ms`` in slices; False if the run is cancelled meanwhile."""
+        end = time.monotonic() + ms / 1000
+        while (left := end - time.monotonic()) > 0:
+            if cancelled():
+                return False
+            time.sleep(min(left, 0.25))
+        return True
+
+    @staticmethod
+    def _wait(wait_ms: Callable[[], float], cancelled: Callable[[], bool]) -> bool:
         """Ask ``wait_ms`` until it says 0; False if the run is cancelled meanwhile."""
         while True:
             ms = wait_ms()

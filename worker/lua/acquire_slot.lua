@@ -1,16 +1,27 @@
--- Take one of a run's concurrency slots, if one is free.
+-- Admit one attempt of a run: refuse it if the run is cancelled, else take one of the
+-- run's concurrency slots if one is free, and say how long the run's 429 cooldown has
+-- left. One round trip where three separate commands would need three.
 -- KEYS[1]  sorted set of leases: member = lease id, score = expiry (ms, Redis server time)
+-- KEYS[2]  the run's cancel flag (a string, present once cancelled)
+-- KEYS[3]  the run's cooldown (a string with a TTL, present while Dify said 429)
 -- ARGV[1]  the limit (slots in the whole fleet)
 -- ARGV[2]  lease id
 -- ARGV[3]  lease time to live (ms); holders renew it, a dead holder's lease lapses
 -- ARGV[4]  time to live of the whole key (s), so an abandoned run leaves nothing behind
--- Returns 1 when the slot is taken, 0 when all are held.
+-- Returns {code, cooldown_ms}: code 2 = cancelled, 1 = slot taken, 0 = all slots held.
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {2, 0}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
+  return {0, 0}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-return 1
+local cooldown = redis.call('PTTL', KEYS[3])
+if cooldown < 0 then
+  cooldown = 0
+end
+return {1, cooldown}
