@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -41,8 +43,9 @@ def read_case_file(path: Path, id_column: str | None = None) -> list[CaseConfig]
     return cases
 
 
-def _csv_rows(shown: str, text: str) -> list[tuple[int, dict]]:
-    reader = csv.reader(text.splitlines())
+# Rows are yielded one at a time: a 100k-row file is never held as rows and cases at once.
+def _csv_rows(shown: str, text: str) -> Iterator[tuple[int, dict]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
@@ -51,7 +54,6 @@ def _csv_rows(shown: str, text: str) -> list[tuple[int, dict]]:
         raise PlanError(shown, [f"line 1: CSV error: {exc}"]) from None
     if not header or any(not name.strip() for name in header):
         raise PlanError(shown, [f"line 1: header has an empty column name: {header!r}"])
-    rows = []
     try:
         for values in reader:
             if not values:
@@ -61,15 +63,13 @@ def _csv_rows(shown: str, text: str) -> list[tuple[int, dict]]:
                     shown,
                     [f"line {reader.line_num}: {len(values)} fields, the header has {len(header)}"],
                 )
-            rows.append((reader.line_num, dict(zip(header, values, strict=True))))
+            yield reader.line_num, dict(zip(header, values, strict=True))
     except csv.Error as exc:
         raise PlanError(shown, [f"line {reader.line_num}: CSV error: {exc}"]) from None
-    return rows
 
 
-def _jsonl_rows(shown: str, text: str) -> list[tuple[int, dict]]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+def _jsonl_rows(shown: str, text: str) -> Iterator[tuple[int, dict]]:
+    for number, line in enumerate(io.StringIO(text, newline=""), start=1):
         if not line.strip():
             continue
         try:
@@ -78,5 +78,4 @@ def _jsonl_rows(shown: str, text: str) -> list[tuple[int, dict]]:
             raise PlanError(shown, [f"line {number}: invalid JSON: {exc}"]) from None
         if not isinstance(value, dict):
             raise PlanError(shown, [f"line {number}: expected a JSON object of inputs, got {type(value).__name__}"])
-        rows.append((number, value))
-    return rows
+        yield number, value

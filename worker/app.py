@@ -10,16 +10,46 @@ optionally ``DIFY_RUNNER_RESULT_BACKEND``); both must be Redis.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import Celery
 from celery.signals import celeryd_init
+from kombu import Producer
 
 from ..config.settings import Settings
 from .backend import BACKEND_PATH
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 QUEUE = "dify-runner"
+
+
+class RunnerCelery(Celery):
+    """Celery, plus one way to hand a producer to code that does not take one.
+
+    ``chord.apply_async(producer=...)`` does not pass the producer on to its header group,
+    which acquires another from the pool, so a kombu ``Producer.batch()`` (pipelined
+    publishing) on ours would never see the chord's messages. Inside ``publishing_through``
+    every ``producer_or_acquire()`` of this thread gets the given producer instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._current_producer = threading.local()
+
+    @contextmanager
+    def publishing_through(self, producer: Producer) -> Iterator[Producer]:
+        self._current_producer.value = producer
+        try:
+            yield producer
+        finally:
+            self._current_producer.value = None
+
+    def producer_or_acquire(self, producer: Producer | None = None) -> Any:
+        current = getattr(self._current_producer, "value", None)
+        return super().producer_or_acquire(producer or current)
 
 
 def create_app(broker_url: str | None = None, settings: Settings | None = None) -> Celery:
@@ -29,7 +59,7 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
     settings = settings or Settings.from_env()
     broker = broker_url or settings.broker_url or DEFAULT_BROKER
     backend = settings.state_url(broker)
-    app = Celery("dify_runner")
+    app = RunnerCelery("dify_runner")
     app.conf.update(
         broker_url=broker,
         result_backend=f"{BACKEND_PATH}+{backend}",

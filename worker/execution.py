@@ -190,9 +190,10 @@ def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:
     if not isinstance(value, dict):
         raise TypeError(f"execution function returned {type(value).__name__}, expected dict or TestResult")
     status = str(value.get("status") or "succeeded")
-    if status in ("failed", "stopped"):
+    expects_failure = task.expect is not None and task.expect.status == "failed"
+    if status in ("failed", "stopped") and not expects_failure:
         raise TaskExecutionException(f"workflow {status}: {value.get('error') or 'no error message'}")
-    if status not in ("succeeded", "partial-succeeded"):
+    if status not in ("succeeded", "partial-succeeded", "failed", "stopped"):
         raise TaskExecutionException(f"workflow ended with status {status!r}")
     outputs = value.get("outputs") or {}
     metadata = {
@@ -203,6 +204,8 @@ def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:
     }
     if status != "succeeded":
         metadata["workflow_status"] = status
+    if status in ("failed", "stopped"):  # expected (a negative test): check() judges it
+        metadata["workflow_error"] = str(value.get("error") or "")
     return TestResult(
         workflow_id=task.workflow_id,
         execution_id=task.task_id,

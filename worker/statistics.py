@@ -33,6 +33,15 @@ class BatchSummary(BaseModel):
         if returned:
             self.latencies.append(latency)
 
+    def merge(self, other: BatchSummary) -> None:
+        """Add ``other``'s cases to this summary."""
+        for status, n in other.counts.items():
+            self.counts[status] = self.counts.get(status, 0) + n
+        self.tokens += other.tokens
+        self.cost += other.cost
+        self.cost_unknown += other.cost_unknown
+        self.latencies += other.latencies
+
 
 class RunStatistics(BaseModel):
     """Counts by status, success rate, duration, tokens, cost and latency percentiles."""
@@ -55,18 +64,17 @@ class RunStatistics(BaseModel):
     latency_p95: float | None = None
     latency_p99: float | None = None
 
+    def counts_by_status(self) -> dict[str, int]:
+        """The final statuses and how many cases ended in each, in the order reports show them."""
+        return {_SUCCEEDED: self.succeeded_tasks, _FAILED: self.failed_tasks, _TIMEOUT: self.timeout_tasks,
+                "error": self.error_tasks, _CANCELLED: self.cancelled_tasks}
+
     @classmethod
     def from_summaries(cls, summaries: Iterable[BatchSummary], total_duration: float = 0.0) -> RunStatistics:
-        counts: dict[str, int] = {}
-        tokens, cost, cost_unknown = 0, 0.0, 0
-        latencies: list[float] = []
+        merged = BatchSummary()
         for summary in summaries:
-            for status, n in summary.counts.items():
-                counts[status] = counts.get(status, 0) + n
-            tokens += summary.tokens
-            cost += summary.cost
-            cost_unknown += summary.cost_unknown
-            latencies += summary.latencies
+            merged.merge(summary)
+        counts, latencies = merged.counts, merged.latencies
         total = sum(counts.values())
         succeeded = counts.get(_SUCCEEDED, 0)
         known = (_SUCCEEDED, _FAILED, _TIMEOUT, _CANCELLED)
@@ -81,9 +89,9 @@ class RunStatistics(BaseModel):
             error_tasks=sum(n for s, n in counts.items() if s not in known),
             success_rate=succeeded / total if total else 0.0,
             total_duration=total_duration,
-            total_tokens=tokens,
-            total_cost=round(cost, 10),
-            cost_unknown_tasks=cost_unknown,
+            total_tokens=merged.tokens,
+            total_cost=round(merged.cost, 10),
+            cost_unknown_tasks=merged.cost_unknown,
             latency_p50=percentile(latencies, 50),
             latency_p95=percentile(latencies, 95),
             latency_p99=percentile(latencies, 99),

@@ -6,6 +6,8 @@ Keys (all under ``dify-runner:`` and expiring after the settings' result TTL):
     run:{id}:progress       hash   final statuses counted as cases end, plus retries
     run:{id}:cancel         string present once the run is cancelled (value: the reason)
     run:{id}:tests:{batch}  hash   task_id -> TestResult JSON (one hash per chord batch)
+    run:{id}:ended:{batch}  hash   task_id -> TaskResult JSON, written by the worker as the case
+                                   ends; read and removed by the batch's chord callback
     run:{id}:tasks:{batch}  hash   task_id -> TaskResult JSON, without the embedded result
     run:{id}:summary:{batch} string BatchSummary JSON
     run:{id}:done           set    batches whose chord callback has stored its results
@@ -18,7 +20,7 @@ and are written with HSET keyed by task id, so recording a case twice keeps one 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,6 +33,11 @@ from .models import TaskResult, TestResult
 from .statistics import BatchSummary, RunStatistics
 
 PREFIX = "dify-runner:"
+
+
+def run_key(run_id: str, *parts: object) -> str:
+    """The name of one of a run's keys: ``dify-runner:run:{id}[:part...]``."""
+    return PREFIX + ":".join(["run", run_id, *map(str, parts)])
 
 
 def connect(url: str) -> redis.Redis:
@@ -75,7 +82,7 @@ class RunStore:
         self.ttl = ttl_seconds
 
     def _key(self, run_id: str, *parts: object) -> str:
-        return PREFIX + ":".join(["run", run_id, *map(str, parts)])
+        return run_key(run_id, *parts)
 
     # -- producer side ---------------------------------------------------------------
 
@@ -180,6 +187,28 @@ class RunStore:
         pipe.expire(key, self.ttl)
         return int(pipe.execute()[0])
 
+    def record_end(self, run_id: str, batch: int, task_id: str, result_json: str, status: str, failed: bool,
+                   before: Callable[[redis.client.Pipeline], None] | None = None) -> int | None:
+        """Store a case's TaskResult for its batch's chord callback and count its final status
+        (and a failure), in one round trip; ``before`` may add commands to the same pipeline.
+        Returns the run's failure count when ``failed``."""
+        key, ended = self._key(run_id, "progress"), self._key(run_id, "ended", batch)
+        pipe = self.redis.pipeline()
+        if before is not None:
+            before(pipe)
+        pipe.hset(ended, task_id, result_json)
+        pipe.expire(ended, self.ttl)
+        pipe.hincrby(key, status, 1)
+        if failed:
+            pipe.hincrby(key, "failures", 1)
+        pipe.expire(key, self.ttl)
+        replies = pipe.execute()
+        return int(replies[-2]) if failed else None
+
+    def ended_results(self, run_id: str, batch: int) -> dict[str, bytes]:
+        """The TaskResults (JSON) workers stored for a batch, by task id."""
+        return {k.decode(): v for k, v in self.redis.hgetall(self._key(run_id, "ended", batch)).items()}
+
     def batch_done(self, run_id: str, batch: int) -> bool:
         return bool(self.redis.sismember(self._key(run_id, "done"), batch))
 
@@ -202,6 +231,7 @@ class RunStore:
                 mapping={t.task_id: t.model_dump_json(exclude={"test_result"}) for t in task_results},
             )
         pipe.set(summary_key, summary.model_dump_json(), ex=self.ttl)
+        pipe.delete(self._key(run_id, "ended", batch))  # now in tests/tasks
         pipe.sadd(done_key, batch)
         for key in (tests_key, tasks_key, done_key):
             pipe.expire(key, self.ttl)
@@ -223,6 +253,18 @@ class RunStore:
 
     # -- readers ---------------------------------------------------------------------
 
+    def done_batches(self, run_id: str) -> set[int]:
+        return {int(b) for b in self.redis.smembers(self._key(run_id, "done"))}
+
+    def batch_summary(self, run_id: str, batch: int) -> BatchSummary | None:
+        raw = self.redis.get(self._key(run_id, "summary", batch))
+        return None if raw is None else BatchSummary.model_validate_json(raw)
+
+    def batch_test_results(self, run_id: str, batch: int) -> list[TestResult]:
+        """One batch's results, in task id order."""
+        return [TestResult.model_validate_json(raw)
+                for _, raw in sorted(self.redis.hgetall(self._key(run_id, "tests", batch)).items())]
+
     def iter_summaries(self, run_id: str, batch_count: int) -> Iterator[BatchSummary]:
         for batch in range(batch_count):
             raw = self.redis.get(self._key(run_id, "summary", batch))
@@ -231,8 +273,7 @@ class RunStore:
 
     def iter_test_results(self, run_id: str, batch_count: int) -> Iterator[TestResult]:
         for batch in range(batch_count):
-            for _, raw in sorted(self.redis.hgetall(self._key(run_id, "tests", batch)).items()):
-                yield TestResult.model_validate_json(raw)
+            yield from self.batch_test_results(run_id, batch)
 
     def iter_task_results(self, run_id: str, batch_count: int) -> Iterator[TaskResult]:
         for batch in range(batch_count):

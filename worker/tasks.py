@@ -19,11 +19,11 @@ from celery.exceptions import Retry
 from pydantic import ValidationError
 
 from ..config.settings import Settings
-from .converter import ResultConverter
+from .converter import STATUS_MAP, ResultConverter
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import CaseMessage
-from .models import AttemptRecord, TaskResult, TaskStatus
+from .models import AttemptRecord, TaskResult, TaskStatus, TestResult
 from .run_control import Admission, RunGate
 from .statistics import BatchSummary
 from .store import RunStore, connect
@@ -69,7 +69,8 @@ class WorkerRuntime:
     def cancel_reason(self, run_id: str, fresh: bool = False) -> str | None:
         """The run's cancel flag. Polling loops (waiting for a slot, watching a call in
         flight) pass fresh=False and read Redis at most every CANCEL_CHECK_SECONDS per
-        process; decisions to start an attempt read it fresh."""
+        process; the decision to retry reads it fresh (the decision to start an attempt
+        reads it in the admission script)."""
         now = time.monotonic()
         cached = self._cancelled.get(run_id)
         # A resumed run is un-cancelled, so even a cancellation is only cached briefly.
@@ -99,8 +100,9 @@ def register_tasks(app: Celery) -> None:
                  wait_until: float | None = None) -> dict[str, Any]:
         return execute_case(self, message, history or [], wait_until)
 
-    # The batch's results travel in this message: a Redis hiccup while storing them is
-    # retried rather than losing the batch (and leaving the run unfinished).
+    # The batch's results (references to the stored ones, or the results themselves when
+    # storing failed) travel in this message: a Redis hiccup while storing the batch is
+    # retried rather than losing it (and leaving the run unfinished).
     @app.task(name=FINISH_BATCH, bind=True, ignore_result=True, shared=False,
               autoretry_for=(redis.RedisError,), retry_backoff=1, retry_backoff_max=60, max_retries=20)
     def finish_batch(self: Task, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
@@ -142,7 +144,9 @@ def _attempt_or_retry(
     def cancelled() -> bool:
         return _cancel_reason(rt, message, hooks) is not None
 
-    if _cancel_reason(rt, message, hooks, fresh=True) is not None:
+    # The cached flag is enough here: admission below reads it fresh, in the same round trip
+    # as the slot.
+    if _cancel_reason(rt, message, hooks) is not None:
         return _cancelled(rt, message, attempt, history, hooks)
     if wait_until is not None and wait_until - time.time() > 0.001:
         # Still waiting for this retry: hop again, so a cancel is seen within a hop.
@@ -152,18 +156,22 @@ def _attempt_or_retry(
                        cancelled, rt.max_slot_wait) as admission:
         if admission is Admission.BUSY:
             raise _retry(task, raw, history, None)  # back in the queue, message released
-        if admission is Admission.CANCELLED or _cancel_reason(rt, message, hooks, fresh=True) is not None:
+        if attempt > 1:  # a retry left its wait: "retries waiting" = retries - retries_started
+            rt.store.count(message.run_id, "retries_started")
+        if admission is Admission.CANCELLED or _token_cancelled(rt, message, hooks):
             return _cancelled(rt, message, attempt, history, hooks)
         outcome = run_attempt(message, attempt, rt.dify, hooks, cancelled=cancelled)
-    retry = policy.retry_policy
-    countdown = retry.countdown(attempt)
-    if outcome.retry_after is not None:
-        countdown = max(countdown, outcome.retry_after)
-    if outcome.throttled:
-        rt.gate.cool_down(message.run_id, countdown)
-    if not (outcome.status.is_retryable and outcome.retryable and attempt < retry.max_attempts
-            and _cancel_reason(rt, message, hooks, fresh=True) is None):
-        return _finish(rt, message, attempt, history, outcome)
+        retry = policy.retry_policy
+        countdown = retry.countdown(attempt)
+        if outcome.retry_after is not None:
+            countdown = max(countdown, outcome.retry_after)
+        if outcome.throttled:
+            rt.gate.cool_down(message.run_id, countdown)
+        if not (outcome.status.is_retryable and outcome.retryable and attempt < retry.max_attempts
+                and _cancel_reason(rt, message, hooks, fresh=True) is None):
+            # Still holding the slot: _finish gives it back in the same round trip as the count.
+            return _finish(rt, message, attempt, history, outcome)
+        rt.gate.release()  # a retry waits without a slot
     history.append(_record(attempt, outcome, countdown))
     rt.store.count(message.run_id, "retries")
     log.info("case %s attempt %d %s, retry in %.2fs", message.task.task_id, attempt, outcome.status.value, countdown)
@@ -197,11 +205,18 @@ def _cancelled(
     return _finish(rt, message, attempt - 1, history, outcome, ran=False)
 
 
+def _token_cancelled(rt: WorkerRuntime, message: CaseMessage, hooks: RunHooks | None) -> bool:
+    """The Python API's CancellationToken (in this process only): set means cancel the run."""
+    if hooks is not None and hooks.token is not None and hooks.token.is_cancelled():
+        rt.store.cancel(message.run_id, "cancelled through the CancellationToken")
+        return True
+    return False
+
+
 def _cancel_reason(
     rt: WorkerRuntime, message: CaseMessage, hooks: RunHooks | None, fresh: bool = False
 ) -> str | None:
-    if hooks is not None and hooks.token is not None and hooks.token.is_cancelled():
-        rt.store.cancel(message.run_id, "cancelled through the CancellationToken")
+    if _token_cancelled(rt, message, hooks):
         return "cancelled through the CancellationToken"
     return rt.cancel_reason(message.run_id, fresh)
 
@@ -239,24 +254,32 @@ def _finish(
         case_id=task.case_id,
         run_id=message.run_id,
         attempts=history,
-        test_result=outcome.test_result,
+        # A case that returned nothing still carries its inputs, so reports show what was sent.
+        test_result=outcome.test_result or TestResult(
+            workflow_id=task.workflow_id, execution_id=task.task_id, timestamp=outcome.started_at,
+            status=STATUS_MAP[outcome.status], inputs=task.parameters),
     )
+    payload = result.model_dump_json()
     if rt is not None:
         try:
-            _count(rt, message, outcome.status)
-        except Exception:  # noqa: BLE001 - progress is best effort; the result is what counts
-            log.exception("could not count case %s", task.task_id)
+            _record_end(rt, message, outcome.status, payload)
+            # Stored where the chord callback reads it: the chord itself only carries a reference
+            # (Celery logs, reprs and stores every return value: a small one costs less).
+            return {"task_id": task.task_id, "stored": True}
+        except Exception:  # noqa: BLE001 - the result then travels in the chord instead
+            log.exception("could not record the end of case %s; its result goes with the chord", task.task_id)
     return result.model_dump(mode="json")
 
 
-def _count(rt: WorkerRuntime, message: CaseMessage, status: TaskStatus) -> None:
-    """Live progress, and the fleet-wide failure count behind max_failures."""
-    rt.store.count(message.run_id, status.value)
+def _record_end(rt: WorkerRuntime, message: CaseMessage, status: TaskStatus, result_json: str) -> None:
+    """Store the case's TaskResult, count its end for live progress and for max_failures,
+    and give back its concurrency slot: one round trip."""
+    failed = status in FAILURE_STATUSES
+    failures = rt.store.record_end(message.run_id, message.batch, message.task.task_id, result_json, status.value,
+                                   failed, before=rt.gate.release_into)
     max_failures = message.policy.max_failures
-    if status in FAILURE_STATUSES:
-        failures = rt.store.count(message.run_id, "failures")
-        if max_failures is not None and failures >= max_failures:
-            rt.store.cancel(message.run_id, f"stopped: max_failures ({max_failures}) reached")
+    if failed and max_failures is not None and failures is not None and failures >= max_failures:
+        rt.store.cancel(message.run_id, f"stopped: max_failures ({max_failures}) reached")
 
 
 def _unreadable_message(raw: Any, exc: ValidationError) -> dict[str, Any]:
@@ -273,6 +296,22 @@ def _unreadable_message(raw: Any, exc: ValidationError) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
+def _batch_task_results(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, batch: int) -> list[TaskResult]:
+    """The chord's results: stored ones read from the run store, the rest carried inline."""
+    stored = rt.store.ended_results(run_id, batch) if any(r.get("stored") for r in results) else {}
+    task_results = []
+    for item in results:
+        if not item.get("stored"):
+            task_results.append(TaskResult.model_validate(item))
+        elif item["task_id"] in stored:
+            task_results.append(TaskResult.model_validate_json(stored[item["task_id"]]))
+        else:  # cannot happen short of Redis losing data between the case and its chord
+            task_results.append(TaskResult(task_id=item["task_id"], workflow_id="unknown", run_id=run_id,
+                                           task_status=TaskStatus.ERROR,
+                                           error_message="the case's stored result was lost (Redis restarted?)"))
+    return task_results
+
+
 def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
     """The chord callback: convert a batch's TaskResults and store them with a summary."""
     if rt.store.batch_done(run_id, batch):
@@ -280,7 +319,7 @@ def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, b
         # its cases have their results elsewhere; storing them again would count them twice.
         log.info("run %s batch %d is already done; late results ignored", run_id, batch)
         return
-    task_results = [TaskResult.model_validate(r) for r in results]
+    task_results = _batch_task_results(rt, results, run_id, batch)
     test_results = ResultConverter.convert_batch(task_results)
     summary = BatchSummary()
     for task_result, test_result in zip(task_results, test_results, strict=True):
