@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,21 @@ def redis_version(binary: str) -> tuple[int, int]:
     if not match:
         raise EmbeddedError(f"cannot tell the version of {binary}: {out.strip()!r}")
     return int(match.group(1)), int(match.group(2))
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float) -> None:
+    """Terminate every process (all at once, so they shut down side by side), then wait for
+    each; one still running after ``timeout`` seconds is killed."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:
@@ -130,13 +145,8 @@ class EmbeddedRedis:
         return False
 
     def _terminate(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            stop_processes([self._proc], timeout=10)
 
     def stop(self) -> None:
         self._terminate()

@@ -21,7 +21,7 @@ from celery import Celery
 from dify_runner.config.loader import load_plan
 from dify_runner.config.manifest import RunManifest
 from dify_runner.config.settings import Settings
-from dify_runner.producer.embedded import EmbeddedRedis, InProcessWorker
+from dify_runner.producer.embedded import EmbeddedRedis, InProcessWorker, stop_processes
 from dify_runner.producer.expansion import expand
 from dify_runner.producer.submission import submit
 from dify_runner.producer.waiting import wait_for_run
@@ -159,14 +159,7 @@ class Fleet:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("worker*.log")))
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, timeout=20)
 
 
 @pytest.fixture

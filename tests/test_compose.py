@@ -26,7 +26,7 @@ import httpx
 import pytest
 import redis
 import yaml
-from dify_runner.producer.embedded import free_port
+from dify_runner.producer.embedded import free_port, stop_processes
 
 from .conftest import REPO
 
@@ -127,13 +127,7 @@ class LocalStack:
         return proc
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(reversed(self.procs), timeout=20)
 
 
 def wait_for(check: Any, what: str, timeout: float = 60) -> None:

@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import httpx
 
-from ..producer.embedded import free_port
+from ..producer.embedded import free_port, stop_processes
 
 
 class MockDifyProcess:
@@ -46,13 +46,7 @@ class MockDifyProcess:
         httpx.post(f"http://127.0.0.1:{self.port}/_mock/reset", timeout=5)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_processes([self.proc], timeout=10)
         if self._log is not None:
             self._log.close()
             self._log = None
