@@ -24,7 +24,6 @@ from .submission import ManifestHeader, publish
 from .summary import task_status_of
 
 KEPT = frozenset({"succeeded", "failed", "timeout", "error"})
-ANSWERED = frozenset({"succeeded", "failed"})
 
 
 def read_manifest(path: Path) -> tuple[ManifestHeader, Iterator[CaseMessage]]:
@@ -71,7 +70,7 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
             status = task_status_of(result)
             if status in keep:
                 kept[task_id] = status
-                summary.add(status, result.execution_time, result.tokens_used, result.cost, status in ANSWERED)
+                summary.add(status, result.execution_time, result.tokens_used, result.cost)
             else:
                 dropped.append(task_id)
         store.replace_batch(run_id, batch, dropped, summary)

@@ -16,7 +16,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..worker.models import TestResult
-from ..worker.statistics import BatchSummary, RunStatistics
+from ..worker.statistics import ANSWERED, BatchSummary, RunStatistics
 
 SLOWEST_SHOWN = 10
 FAILING_SHOWN = 20
@@ -139,11 +139,10 @@ class SummaryBuilder:
     def add(self, result: TestResult) -> None:
         status = task_status_of(result)
         key = (result.workflow_id, result.dataset or "-")
-        returned = status in ("succeeded", "failed")
-        self._groups[key].add(status, result.execution_time, result.tokens_used, result.cost, returned=returned)
+        self._groups[key].add(status, result.execution_time, result.tokens_used, result.cost)
         if self._first_started is None or result.timestamp < self._first_started:
             self._first_started = result.timestamp
-        if returned:
+        if status in ANSWERED:
             entry = (result.execution_time, result.execution_id, status)
             if len(self._slowest) < SLOWEST_SHOWN:
                 heapq.heappush(self._slowest, entry)

@@ -110,7 +110,7 @@ def test_results_jsonl_follows_batches_as_they_finish(tmp_path: Path, store: Run
                  for i in ids]
         summary = BatchSummary()
         for _ in ids:
-            summary.add("succeeded", 0.5, 10, 0.001, returned=True)
+            summary.add("succeeded", 0.5, 10, 0.001)
         store.save_batch(run_id, batch, tasks, tests, summary)
 
     assert stream.catch_up(store.get_run(run_id)) == 0 and stream.path.read_text() == ""

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # TaskStatus values, spelled out here so this module has no import cycle with models.
 _SUCCEEDED, _FAILED, _TIMEOUT, _CANCELLED = "succeeded", "failed", "timeout", "cancelled"
+# The final statuses of a case that Dify answered (it returned, whatever it said).
+ANSWERED = frozenset({_SUCCEEDED, _FAILED})
 
 
 class BatchSummary(BaseModel):
@@ -23,14 +25,16 @@ class BatchSummary(BaseModel):
     # Latencies of cases that returned (succeeded or failed), for the percentiles.
     latencies: list[float] = Field(default_factory=list)
 
-    def add(self, status: str, latency: float, tokens: int, cost: float | None, returned: bool) -> None:
+    def add(self, status: str, latency: float, tokens: int, cost: float | None) -> None:
         self.counts[status] = self.counts.get(status, 0) + 1
         self.tokens += tokens
         if cost is None:
             self.cost_unknown += 1
         else:
             self.cost += cost
-        if returned:
+        # Only a case Dify answered has a latency worth a percentile: a timeout's is the
+        # limit, a cancelled or refused case's is nothing.
+        if status in ANSWERED:
             self.latencies.append(latency)
 
     def merge(self, other: BatchSummary) -> None:

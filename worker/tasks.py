@@ -36,7 +36,6 @@ RETRY_HOP_SECONDS = 5.0
 CANCEL_CHECK_SECONDS = 0.25
 FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR})
 # Statuses whose latency is a real answer time (a timeout's latency is the timeout).
-ANSWERED_STATUSES = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED})
 
 log = logging.getLogger("dify_runner.worker")
 
@@ -323,13 +322,8 @@ def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, b
     test_results = ResultConverter.convert_batch(task_results)
     summary = BatchSummary()
     for task_result, test_result in zip(task_results, test_results, strict=True):
-        summary.add(
-            task_result.task_status.value,
-            task_result.execution_time,
-            test_result.tokens_used,
-            test_result.cost,
-            returned=task_result.task_status in ANSWERED_STATUSES,
-        )
+        summary.add(task_result.task_status.value, task_result.execution_time, test_result.tokens_used,
+                    test_result.cost)
     done = rt.store.save_batch(run_id, batch, task_results, test_results, summary)
     if done >= batch_count and rt.store.finalize(run_id, batch_count):
         log.info("run %s finished (%d batches)", run_id, batch_count)
