@@ -62,18 +62,20 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
     else:
         old_batches = info.batch_count
     keep = {"succeeded"} if retry_failed else KEPT
-    kept: dict[str, str] = {}
+    kept: set[str] = set()
+    kept_summary = BatchSummary()  # the kept cases of every old batch
     for batch in range(old_batches):
         results = store.batch_results(run_id, batch)
         summary, dropped = BatchSummary(), []
         for task_id, result in results.items():
             status = task_status_of(result)
             if status in keep:
-                kept[task_id] = status
+                kept.add(task_id)
                 summary.add(status, result.execution_time, result.tokens_used, result.cost)
             else:
                 dropped.append(task_id)
         store.replace_batch(run_id, batch, dropped, summary)
+        kept_summary.merge(summary)
     pending = [m for m in messages if m.task.task_id not in kept]
     size = header.batch_size
     new_batches = [(old_batches + i, pending[start:start + size])
@@ -81,8 +83,8 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
     batch_count = old_batches + len(new_batches)
     # Old batches count as done: what they still lacked is in the new ones.
     store.reopen(run_id, batch_count, range(old_batches))
-    for status in kept.values():
-        store.count(run_id, status)
+    for status, n in kept_summary.counts.items():  # one increment per status, not per case
+        store.count(run_id, status, n)
     if not new_batches:
         store.finalize(run_id, batch_count)
         return 0

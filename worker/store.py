@@ -179,11 +179,11 @@ class RunStore:
         raw = self.redis.get(self._key(run_id, "cancel"))
         return raw.decode() if raw is not None else None
 
-    def count(self, run_id: str, field: str) -> int:
+    def count(self, run_id: str, field: str, by: int = 1) -> int:
         """Count a case event (a final status or a retry) for live progress."""
         key = self._key(run_id, "progress")
         pipe = self.redis.pipeline()
-        pipe.hincrby(key, field, 1)
+        pipe.hincrby(key, field, by)
         pipe.expire(key, self.ttl)
         return int(pipe.execute()[0])
 
