@@ -159,10 +159,6 @@ class RunStore:
     def next_resume_round(self, run_id: str) -> int:
         return int(self.redis.hincrby(self._key(run_id), "resumes", 1))
 
-    def batch_results(self, run_id: str, batch: int) -> dict[str, TestResult]:
-        raw = self.redis.hgetall(self._key(run_id, "tests", batch))
-        return {k.decode(): TestResult.model_validate_json(v) for k, v in raw.items()}
-
     def replace_batch(self, run_id: str, batch: int, dropped: list[str], summary: BatchSummary) -> None:
         """Forget some results of a batch (they are being run again) and store its new summary."""
         pipe = self.redis.pipeline()
@@ -260,16 +256,20 @@ class RunStore:
         raw = self.redis.get(self._key(run_id, "summary", batch))
         return None if raw is None else BatchSummary.model_validate_json(raw)
 
+    def batch_results(self, run_id: str, batch: int) -> dict[str, TestResult]:
+        """One batch's results, by task id."""
+        raw = self.redis.hgetall(self._key(run_id, "tests", batch))
+        return {k.decode(): TestResult.model_validate_json(v) for k, v in raw.items()}
+
     def batch_test_results(self, run_id: str, batch: int) -> list[TestResult]:
         """One batch's results, in task id order."""
-        return [TestResult.model_validate_json(raw)
-                for _, raw in sorted(self.redis.hgetall(self._key(run_id, "tests", batch)).items())]
+        return [result for _, result in sorted(self.batch_results(run_id, batch).items())]
 
     def iter_summaries(self, run_id: str, batch_count: int) -> Iterator[BatchSummary]:
         for batch in range(batch_count):
-            raw = self.redis.get(self._key(run_id, "summary", batch))
-            if raw is not None:
-                yield BatchSummary.model_validate_json(raw)
+            summary = self.batch_summary(run_id, batch)
+            if summary is not None:
+                yield summary
 
     def iter_test_results(self, run_id: str, batch_count: int) -> Iterator[TestResult]:
         for batch in range(batch_count):
