@@ -31,7 +31,7 @@ from .compare import Thresholds, compare, print_comparison, resolve_report
 from .console_summary import print_summary
 from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
-from .progress import STATUS_ORDER, counts_text
+from .progress import cases_done, counts_text
 from .reports import FORMATS, summary_of, write_reports
 from .result_stream import ResultStream
 from .resume import resume_run
@@ -225,9 +225,9 @@ def cmd_status(args: argparse.Namespace, console: Console, settings: Settings) -
     run_ids = [args.run_id] if args.run_id else store.list_runs()
     for run_id in run_ids:
         info = _get_info(store, run_id)
-        done = sum(store.progress(run_id).get(status, 0) for status in STATUS_ORDER)
-        console.print(f"{run_id}  {info.plan_name}  {info.state}  {min(done, info.total)}/{info.total}  "
-                      f"{counts_text(store.progress(run_id), markup=False)}"
+        progress = store.progress(run_id)
+        console.print(f"{run_id}  {info.plan_name}  {info.state}  {cases_done(progress, info.total)}/{info.total}  "
+                      f"{counts_text(progress, markup=False)}"
                       + (f"  ({info.stop_reason})" if info.stop_reason else ""), highlight=False, markup=False)
     if not run_ids:
         console.print("no runs in this Redis")

@@ -23,6 +23,13 @@ STATS_EVERY = 1.0  # seconds between recomputing percentiles
 WORKERS_EVERY = 10.0  # seconds between asking the fleet who is alive
 
 
+def cases_done(progress: dict[str, int], total: int) -> int:
+    """Cases with a final status, capped at ``total``: the live counts can run over when a
+    worker dies between recording a case's end and acknowledging its message (the case is
+    redelivered and ends again; its result is stored once, its count is not)."""
+    return min(total, sum(progress.get(status, 0) for status in STATUS_ORDER))
+
+
 def retries_waiting(progress: dict[str, int]) -> int:
     return max(0, progress.get("retries", 0) - progress.get("retries_started", 0))
 
@@ -85,7 +92,7 @@ class ProgressReporter:
         if not self.enabled:
             return
         now = time.monotonic()
-        done = min(info.total, sum(progress.get(s, 0) for s in STATUS_ORDER))
+        done = cases_done(progress, info.total)
         if statistics is not None and (now - self._stats_at >= STATS_EVERY or info.finished):
             self._stats, self._stats_at = statistics(), now
         if self.workers_alive is not None and now - self._workers_at >= WORKERS_EVERY:
