@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 
 from .. import __version__
+from .compare import Thresholds
 from .reports import FORMATS
+
+LIMITS = Thresholds()  # compare's default thresholds
 
 
 def seconds(text: str) -> float:
@@ -77,13 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a", metavar="A", help="the baseline run")
     p.add_argument("run_b", metavar="B", help="the run to judge")
     p.add_argument("--runs-dir", metavar="DIR", help="where run ids are looked up (default: runs/)")
-    p.add_argument("--max-new-failures", type=int, default=0, metavar="N", help="newly failing cases allowed (0)")
-    p.add_argument("--max-pass-rate-drop", type=float, default=0.0, metavar="SHARE",
-                   help="pass-rate drop allowed, as a share: 0.02 = two points (0)")
-    p.add_argument("--max-latency-increase", type=float, default=0.2, metavar="RATIO",
-                   help="p95 latency rise allowed, relative (0.2 = 20%%; rises under 0.05 s never count)")
-    p.add_argument("--max-cost-increase", type=float, default=0.2, metavar="RATIO",
-                   help="rise of the mean cost per case allowed, relative (0.2)")
+    # The defaults are the Thresholds model's own: one place says what "no regression" means.
+    p.add_argument("--max-new-failures", type=int, default=LIMITS.max_new_failures, metavar="N",
+                   help=f"newly failing cases allowed ({LIMITS.max_new_failures})")
+    p.add_argument("--max-pass-rate-drop", type=float, default=LIMITS.max_pass_rate_drop, metavar="SHARE",
+                   help=f"pass-rate drop allowed, as a share: 0.02 = two points ({LIMITS.max_pass_rate_drop:g})")
+    p.add_argument("--max-latency-increase", type=float, default=LIMITS.max_latency_increase, metavar="RATIO",
+                   help=f"p95 latency rise allowed, relative ({LIMITS.max_latency_increase:g} = "
+                   f"{LIMITS.max_latency_increase:.0%}%; rises under {LIMITS.min_latency_increase:g} s never count)")
+    p.add_argument("--max-cost-increase", type=float, default=LIMITS.max_cost_increase, metavar="RATIO",
+                   help=f"rise of the mean cost per case allowed, relative ({LIMITS.max_cost_increase:g})")
     p = sub.add_parser("validate", help="check a plan and its data files without running it")
     p.add_argument("plan", help="the plan file (YAML)")
     p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
