@@ -75,10 +75,8 @@ class GroupSummary(BaseModel):
 
     workflow_id: str
     dataset: str
-    statistics: RunStatistics
+    statistics: RunStatistics  # its total_tokens and total_cost are the group's
     failures_by_class: dict[str, int] = Field(default_factory=dict)
-    tokens: int = 0
-    cost: float = 0.0
 
 
 class CaseRepeats(BaseModel):
@@ -166,8 +164,7 @@ class SummaryBuilder:
         for (workflow, dataset), batch in sorted(self._groups.items()):
             stats = RunStatistics.from_summaries([batch])
             groups.append(GroupSummary(workflow_id=workflow, dataset=dataset, statistics=stats,
-                                       failures_by_class=dict(self._group_failures[(workflow, dataset)]),
-                                       tokens=batch.tokens, cost=round(batch.cost, 10)))
+                                       failures_by_class=dict(self._group_failures[(workflow, dataset)])))
         repeats = [CaseRepeats(case=case, passed=p, runs=n) for case, (p, n) in self._repeats.items()]
         repeats.sort(key=lambda r: (not r.flaky, r.passed / r.runs, r.case))
         slowest = sorted(self._slowest, reverse=True)
