@@ -17,7 +17,7 @@ from rich.table import Table
 
 from ..config.errors import PlanError
 from .reports import FILE_NAMES, RunSummary
-from .summary import number_text
+from .summary import number_text, task_status_in
 
 CHANGES_SHOWN = 20
 
@@ -79,7 +79,7 @@ def load_report(path: Path) -> tuple[RunSummary, dict[str, tuple[str, str | None
         run = RunSummary.model_validate(raw["run"])
         cases = {}
         for result in raw["results"]:
-            status = str(result.get("metadata", {}).get("task_status") or result["status"])
+            status = task_status_in(result.get("metadata", {}), result["status"])
             cases[str(result["execution_id"])] = (status, result.get("error_message"))
     except OSError as exc:
         raise PlanError(str(path), [f"cannot read it: {exc.strerror}"]) from None

@@ -11,7 +11,9 @@ from __future__ import annotations
 import heapq
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,7 +35,12 @@ def number_text(value: float | None, digits: int = 3) -> str:
 
 def task_status_of(result: TestResult) -> str:
     """The 8-state status kept in metadata (CANCELLED and ERROR both map to ERROR)."""
-    return str(result.metadata.get("task_status") or result.status.value)
+    return task_status_in(result.metadata, result.status.value)
+
+
+def task_status_in(metadata: Mapping[str, Any], status: str) -> str:
+    """``task_status_of`` for a result still in JSON form (as ``compare`` reads it)."""
+    return str(metadata.get("task_status") or status)
 
 
 def failure_class(result: TestResult) -> str | None:
