@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -15,6 +16,15 @@ SHOWN = 120
 def _shown(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return repr(text if len(text) <= SHOWN else text[: SHOWN - 3] + "...")
+
+
+@functools.lru_cache(maxsize=256)
+def _jsonpath(expression: str) -> Any:
+    """A parsed JSONPath. Parsing costs ~0.3 ms, a sixth of a case's worker CPU, and a
+    dataset's cases share their expressions: parse each once per process."""
+    from jsonpath_ng.ext import parse
+
+    return parse(expression)
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
@@ -60,9 +70,7 @@ def check(expect: Expectations, result: TestResult, latency: float) -> list[str]
             where = "/".join(map(str, error.path)) or "(outputs)"
             problems.append(f"outputs do not match the JSON schema at {where}: {error.message}")
     for expression, expected in (expect.jsonpath or {}).items():
-        from jsonpath_ng.ext import parse
-
-        found = [match.value for match in parse(expression).find(outputs)]
+        found = [match.value for match in _jsonpath(expression).find(outputs)]
         if not found:
             problems.append(f"JSONPath {expression} found nothing in the outputs")
         elif found[0] != expected:
