@@ -31,7 +31,8 @@ def cases_done(progress: dict[str, int], total: int) -> int:
 
 
 def retries_waiting(progress: dict[str, int]) -> int:
-    return max(0, progress.get("retries", 0) - progress.get("retries_started", 0))
+    """Cases with a retry waiting: the run store's set of them, so each counts once."""
+    return progress.get("retries_waiting", 0)
 
 
 def counts_text(progress: dict[str, int], markup: bool) -> str:
@@ -46,9 +47,11 @@ def counts_text(progress: dict[str, int], markup: bool) -> str:
     return "  ".join(parts)
 
 
-def figures_text(done: int, total: int, elapsed: float, stats: RunStatistics | None, workers: int | None) -> str:
-    """cases/s, ETA, latency, tokens, cost and workers: the figures after the counts."""
-    rate = done / elapsed if elapsed > 0 else 0.0
+def figures_text(done: int, total: int, elapsed: float, stats: RunStatistics | None, workers: int | None,
+                 done_before: int = 0) -> str:
+    """cases/s, ETA, latency, tokens, cost and workers: the figures after the counts.
+    ``done_before``: cases that had ended before ``elapsed`` began (kept by a resume)."""
+    rate = max(0, done - done_before) / elapsed if elapsed > 0 else 0.0
     parts = [f"{rate:.1f}/s"]
     if 0 < done < total and rate > 0:
         parts.append(f"eta {_duration((total - done) / rate)}")
@@ -97,8 +100,9 @@ class ProgressReporter:
             self._stats, self._stats_at = statistics(), now
         if self.workers_alive is not None and now - self._workers_at >= WORKERS_EVERY:
             self._workers, self._workers_at = self.workers_alive(), now
-        elapsed = (datetime.now(timezone.utc) - info.created_at).total_seconds()
-        figures = figures_text(done, info.total, elapsed, self._stats, self._workers)
+        # A resumed run is timed from its resume, and counts only what ended since.
+        elapsed = (datetime.now(timezone.utc) - (info.resumed_at or info.created_at)).total_seconds()
+        figures = figures_text(done, info.total, elapsed, self._stats, self._workers, info.resumed_done)
         if self.live:
             self._draw(info, done, counts_text(progress, markup=True), figures)
             return

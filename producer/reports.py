@@ -53,6 +53,10 @@ class RunSummary(BaseModel):
     # The plan's gate and whether the run met it (what decided the exit code).
     pass_rate_gate: float = 1.0
     passed: bool = False
+    # The plan's case count, and how many of its cases have no result (a run that lost
+    # results never passes: its verdict would rest on fewer cases than the plan has).
+    total_cases: int | None = None
+    missing_results: int = 0
 
 
 class RunReport(BaseModel):
@@ -67,7 +71,8 @@ class RunReport(BaseModel):
 
 def run_passed(info: RunInfo) -> bool:
     stats = info.statistics
-    return stats is not None and stats.total_tasks > 0 and stats.success_rate >= info.pass_rate
+    return stats is not None and stats.total_tasks > 0 and info.missing_results == 0 and \
+        stats.success_rate >= info.pass_rate
 
 
 def summary_of(info: RunInfo) -> RunSummary:
@@ -80,6 +85,8 @@ def summary_of(info: RunInfo) -> RunSummary:
         statistics=info.statistics or RunStatistics(),
         pass_rate_gate=info.pass_rate,
         passed=run_passed(info),
+        total_cases=info.total,
+        missing_results=info.missing_results,
     )
 
 
@@ -93,9 +100,12 @@ def write_reports(store: RunStore, info: RunInfo, out_dir: Path, formats: Iterab
     wanted = set(formats)
     out_dir.mkdir(parents=True, exist_ok=True)
     if "jsonl" in wanted:
-        stream = stream if stream is not None and stream.path.parent == out_dir else \
-            ResultStream(store, info.run_id, out_dir)
-        stream.catch_up(info)
+        if stream is not None and stream.path.parent == out_dir:
+            stream.catch_up(info)
+        else:
+            own = ResultStream(store, info.run_id, out_dir)
+            own.catch_up(info)
+            own.close()
     run = summary_of(info)
     builder = SummaryBuilder()
     junit = JUnitWriter(info.run_id, info.plan_name) if "junit" in wanted else None

@@ -7,8 +7,9 @@ bounded by ``batch_size``, whatever the size of the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext, suppress
+from itertools import islice
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ from pydantic import BaseModel
 from ..config.manifest import RunManifest
 from ..worker.app import RunnerCelery
 from ..worker.messages import AttemptPolicy, CaseMessage
-from ..worker.store import RunStore
+from ..worker.batches import close_batch, never_ran_result
+from ..worker.store import CLOSED, INTERRUPTED, PUBLISHED, RunInfo, RunStore
 from ..worker.tasks import FINISH_BATCH, RUN_CASE
+from .waiting import PublishingIncomplete
 
 # Celery's limits only back up the attempt's own deadline (prefork enforces them, the
 # threads pool does not): the soft one raises inside the task, the hard one kills it.
@@ -64,13 +67,32 @@ def case_messages(manifest: RunManifest, executor: str = "plan") -> Iterator[lis
         ]
 
 
+# Called after each chord is published with (batches published, cases published); False stops
+# publishing there (an interrupt the user answered with "cancel").
+AfterChord = Callable[[int, int], bool]
+
+
+def broker_task_id(run_id: str, task_id: str, batch: int, round_: int = 0) -> str:
+    """A case's Celery task id: ``<run_id>:<task_id>:<batch>[:r<round>]``. Plan ids never hold
+    ':', so ``resume`` can read the run, the case and the batch back from a queued message."""
+    return f"{run_id}:{task_id}:{batch}" + (f":r{round_}" if round_ else "")
+
+
+def finish_task_id(run_id: str, batch: int, round_: int = 0) -> str:
+    """The chord callback's Celery task id: ``<run_id>:finish:<batch>[:r<round>]``."""
+    return f"{run_id}:finish:{batch}" + (f":r{round_}" if round_ else "")
+
+
 def publish(app: Celery, run_id: str, batches: Iterable[tuple[int, list[CaseMessage]]], batch_count: int,
-            round_: int = 0) -> None:
+            round_: int = 0, after_chord: AfterChord | None = None) -> int:
     """Send each batch as a chord: its cases, then ``finish_batch`` with their results.
+    Returns how many batches were sent (fewer than given when ``after_chord`` said stop).
 
     Messages go out through kombu's ``Producer.batch()``: LPUSHes are pipelined, up to
     PUBLISH_PIPELINE at a time, instead of one round trip each (bench/bench_pipeline.py).
+    A chord is flushed whole before ``after_chord`` runs, so a stop never splits one.
     """
+    sent = cases = 0
     with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_PIPELINE) as pipeline, \
             _publishing_through(app, producer):
         for index, messages in batches:
@@ -78,7 +100,7 @@ def publish(app: Celery, run_id: str, batches: Iterable[tuple[int, list[CaseMess
                 app.signature(
                     RUN_CASE,
                     args=(message.with_batch(index).to_wire(),),
-                    task_id=f"{run_id}:{message.task.task_id}" + (f":resume{round_}" if round_ else ""),
+                    task_id=broker_task_id(run_id, message.task.task_id, index, round_),
                     # What Flower and logs show instead of the whole message.
                     argsrepr=f"{run_id} {message.task.task_id}",
                     soft_time_limit=message.policy.timeout_per_task + SOFT_LIMIT_GRACE,
@@ -86,9 +108,14 @@ def publish(app: Celery, run_id: str, batches: Iterable[tuple[int, list[CaseMess
                 )
                 for message in messages
             ]
-            body = app.signature(FINISH_BATCH, args=(run_id, index, batch_count))
+            body = app.signature(FINISH_BATCH, args=(run_id, index, batch_count),
+                                 task_id=finish_task_id(run_id, index, round_))
             chord(header, body).apply_async(producer=producer)
             pipeline.flush()  # a chord at a time: workers start on the first while the rest is built
+            sent, cases = sent + 1, cases + len(messages)
+            if after_chord is not None and not after_chord(sent, cases):
+                break
+    return sent
 
 
 def _publishing_through(app: Celery, producer: Any) -> AbstractContextManager[Any]:
@@ -98,30 +125,91 @@ def _publishing_through(app: Celery, producer: Any) -> AbstractContextManager[An
     return nullcontext(producer)
 
 
-def submit(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan",
-           manifest_file: Path | None = None) -> None:
-    """Record the run and publish its chords. Returns once every message is sent.
-
-    ``manifest_file`` keeps every task message (JSON lines, no secrets) for ``resume``:
-    it outlives the run's state in Redis.
-    """
+def create_run(store: RunStore, manifest: RunManifest, executor: str = "plan",
+               manifest_file: Path | None = None) -> None:
+    """Record the run with its plan's case count, and write its whole manifest to disk,
+    before a single message is published: whatever happens to publishing, the run's size
+    and every case it must run are known (``resume`` reads them back)."""
     # The store times the run from now (the manifest's created_at may come from an injected clock).
     store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), manifest.batch_count,
                      datetime.now(timezone.utc), manifest.gates.pass_rate)
-    batches = enumerate(case_messages(manifest, executor))
     if manifest_file is None:
-        publish(app, manifest.run_id, batches, manifest.batch_count)
         return
     manifest_file.parent.mkdir(parents=True, exist_ok=True)
-    with manifest_file.open("w", encoding="utf-8") as out:
+    partial = manifest_file.with_name(manifest_file.name + ".partial")
+    with partial.open("w", encoding="utf-8") as out:
         header = ManifestHeader(run_id=manifest.run_id, plan_name=manifest.plan_name, total=len(manifest.cases),
                                 batch_size=manifest.execution_policy.batch_size,
                                 pass_rate=manifest.gates.pass_rate)
         out.write(header.model_dump_json() + "\n")
+        for messages in case_messages(manifest, executor):
+            out.writelines(m.model_dump_json() + "\n" for m in messages)
+    partial.replace(manifest_file)  # a manifest on disk is always whole
 
-        def recorded() -> Iterator[tuple[int, list[CaseMessage]]]:
-            for index, messages in batches:
-                out.writelines(m.model_dump_json() + "\n" for m in messages)
-                yield index, messages
 
-        publish(app, manifest.run_id, recorded(), manifest.batch_count)
+def publish_run(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan",
+                keep_going: Callable[[], bool] | None = None) -> int:
+    """Publish a created run's chords; returns how many batches were sent.
+
+    ``keep_going()`` is asked after each chord (an interrupt handler answers it); when it
+    says no, publishing stops and the caller decides what the unsent batches become
+    (``cancel_unpublished``). Raises PublishingIncomplete when publishing fails part way.
+    """
+    run_id = manifest.run_id
+
+    def after_chord(batches: int, cases: int) -> bool:
+        store.mark_published(run_id, batches, cases)
+        return keep_going is None or keep_going()
+
+    try:
+        sent = publish(app, run_id, enumerate(case_messages(manifest, executor)), manifest.batch_count,
+                       after_chord=after_chord)
+    except Exception as exc:
+        info = _safe_info(store, run_id)
+        with suppress(Exception):
+            store.end_publishing(run_id, INTERRUPTED)
+        published = info.published_cases if info is not None else 0
+        raise PublishingIncomplete(run_id, published, len(manifest.cases), f"{type(exc).__name__}: {exc}") \
+            from exc
+    if sent == manifest.batch_count:
+        store.end_publishing(run_id, PUBLISHED)
+    return sent
+
+
+def _safe_info(store: RunStore, run_id: str) -> RunInfo | None:
+    try:
+        return store.get_run(run_id)
+    except Exception:  # noqa: BLE001 - only for the error message
+        return None
+
+
+def unpublished(manifest: RunManifest, first_batch: int, executor: str = "plan") -> Iterator[tuple[int, list[CaseMessage]]]:
+    """The manifest's batches from ``first_batch`` on."""
+    return islice(enumerate(case_messages(manifest, executor)), first_batch, None)
+
+
+def end_unpublished(store: RunStore, run_id: str, batches: Iterable[tuple[int, list[CaseMessage]]],
+                    batch_count: int, reason: str) -> int:
+    """Cancel the run and end every case of ``batches`` (never published) as CANCELLED, so
+    the run still finishes with one result per case of its plan. Returns how many cases."""
+    store.cancel(run_id, reason)
+    ended = 0
+    for index, messages in batches:
+        now = datetime.now(timezone.utc)
+        pipe = store.redis.pipeline()
+        for message in messages:
+            result = never_ran_result(message.with_batch(index), now, f"cancelled before it was published: {reason}")
+            store.record_end(run_id, index, message.task.task_id, result.model_dump_json(), "cancelled", False,
+                             pipe=pipe)
+        pipe.execute()
+        close_batch(store, run_id, index, batch_count)
+        ended += len(messages)
+    store.end_publishing(run_id, CLOSED)
+    return ended
+
+
+def submit(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan",
+           manifest_file: Path | None = None) -> None:
+    """Create the run and publish all of it (the Python API's path: no interrupts)."""
+    create_run(store, manifest, executor, manifest_file)
+    publish_run(app, store, manifest, executor)

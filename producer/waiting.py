@@ -32,6 +32,15 @@ class RunStalled(RuntimeError):
     """No case of the run ended for ``stall_after`` seconds: no live worker, or lost messages."""
 
 
+class PublishingIncomplete(RuntimeError):
+    """Publishing stopped part way (Redis failed, or the process was told to stop without a
+    cancel): the run holds fewer messages than its plan has cases; ``resume`` sends the rest."""
+
+    def __init__(self, run_id: str, published: int, total: int, cause: str) -> None:
+        super().__init__(run_id, published, total, cause)
+        self.run_id, self.published, self.total, self.cause = run_id, published, total, cause
+
+
 def wait_for_run(
     store: RunStore,
     run_id: str,
@@ -69,6 +78,9 @@ def wait_for_run(
             on_progress(info, progress)
         if info.finished:
             return info
+        if info.publishing_incomplete:
+            # Said at once, not after a stall timeout: part of the plan was never sent.
+            raise PublishingIncomplete(run_id, info.published_cases, info.total, "publishing was interrupted")
         state = (sum(progress.values()), info.batches_done, info.batch_count)
         if state != last_state:
             last_change, last_state = time.monotonic(), state

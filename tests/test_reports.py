@@ -192,7 +192,7 @@ def test_progress_lines_for_ci_logs() -> None:
     info = RunInfo(run_id="r1", plan_name="p", total=100, batch_count=10, created_at=created)
     stats = RunStatistics(total_tasks=40, total_tokens=4000, total_cost=0.25, cost_unknown_tasks=2,
                           latency_p50=0.5, latency_p95=1.25)
-    reporter(info, {"succeeded": 38, "failed": 2, "retries": 5, "retries_started": 3}, lambda: stats)
+    reporter(info, {"succeeded": 38, "failed": 2, "retries": 5, "retries_waiting": 2}, lambda: stats)
     line = out.getvalue().strip()
     assert line.startswith("progress r1: 40/100 succeeded=38  failed=2  retries_waiting=2  ")
     assert "/s  eta " in line and "p50 0.50s p95 1.25s  tokens 4000  cost 0.2500?  workers 3" in line

@@ -31,7 +31,8 @@ class ResultConverter:
         return TestResult(
             workflow_id=task_result.workflow_id,
             execution_id=task_result.task_id,
-            timestamp=task_result.created_at,
+            # When the case's final attempt started; a case that never started: when it ended.
+            timestamp=task_result.started_at or task_result.finished_at or task_result.created_at,
             status=STATUS_MAP[task_result.task_status],
             execution_time=task_result.execution_time,
             tokens_used=embedded.tokens_used if embedded else 0,

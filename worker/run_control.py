@@ -46,6 +46,7 @@ class Admission(Enum):
     ADMITTED = "admitted"
     CANCELLED = "cancelled"
     BUSY = "busy"
+    ENDED = "ended"  # the case already has its final result: this delivery is a duplicate
 
 
 class RunGate:
@@ -64,14 +65,15 @@ class RunGate:
 
     @contextmanager
     def admit(
-        self, run_id: str, concurrency: int, rate: RateControl | None, base_url: str,
+        self, run_id: str, task_id: str, concurrency: int, rate: RateControl | None, base_url: str,
         cancelled: Callable[[], bool], max_wait: float,
     ) -> Iterator[Admission]:
         """Wait for a slot, the cooldown and the rate limit. Yields ADMITTED (the slot is
         held for the block, or until ``release_into``), CANCELLED (the run was cancelled
-        meanwhile) or BUSY (no slot within ``max_wait``: the caller re-queues the case rather
-        than hold its message past the broker's visibility timeout)."""
-        taken = self._take_slot(run_id, concurrency, cancelled, time.monotonic() + max_wait)
+        meanwhile), BUSY (no slot within ``max_wait``: the caller re-queues the case rather
+        than hold its message past the broker's visibility timeout) or ENDED (the case
+        already has a final result)."""
+        taken = self._take_slot(run_id, task_id, concurrency, cancelled, time.monotonic() + max_wait)
         if isinstance(taken, Admission):
             yield taken
             return
@@ -108,19 +110,24 @@ class RunGate:
     # -- slots ---------------------------------------------------------------------------
 
     def _take_slot(
-        self, run_id: str, concurrency: int, cancelled: Callable[[], bool], give_up_at: float
+        self, run_id: str, task_id: str, concurrency: int, cancelled: Callable[[], bool], give_up_at: float
     ) -> tuple[str, int] | Admission:
         """A lease on one slot and the cooldown left (ms), or why there is none."""
-        keys = [run_key(run_id, "slots"), run_key(run_id, "cancel"), run_key(run_id, "cooldown")]
+        keys = [run_key(run_id, "slots"), run_key(run_id, "cancel"), run_key(run_id, "cooldown"),
+                run_key(run_id, "final")]
         lease = uuid.uuid4().hex
         with self._lock:
             self._held[lease] = keys[0]  # renewed from now on, even while waiting
         self._ensure_keeper()
         delay = POLL_MIN
         while True:
-            code, cooldown_ms = self._acquire(keys=keys, args=[concurrency, lease, LEASE_TTL_MS, self.key_ttl])
+            code, cooldown_ms = self._acquire(keys=keys,
+                                              args=[concurrency, lease, LEASE_TTL_MS, self.key_ttl, task_id])
             if code == 1:
                 return lease, int(cooldown_ms)
+            if code == 3:
+                self._forget(lease)
+                return Admission.ENDED
             if code == 2 or cancelled() or time.monotonic() > give_up_at:
                 self._forget(lease)
                 return Admission.CANCELLED if code == 2 or cancelled() else Admission.BUSY

@@ -3,7 +3,10 @@
 Keys (all under ``dify-runner:`` and expiring after the settings' result TTL):
 
     run:{id}                hash   metadata (plan, totals, state, statistics when finished)
-    run:{id}:progress       hash   final statuses counted as cases end, plus retries
+    run:{id}:progress       hash   final statuses counted as cases end (once each), plus retries
+    run:{id}:final          hash   task_id -> final status: a case counts once, whatever redelivers it
+    run:{id}:waiting        set    cases with a retry waiting (exact, unlike a difference of counters)
+    run:{id}:publisher      string who is publishing the run (host:pid), with a short expiry
     run:{id}:cancel         string present once the run is cancelled (value: the reason)
     run:{id}:tests:{batch}  hash   task_id -> TestResult JSON (one hash per chord batch)
     run:{id}:ended:{batch}  hash   task_id -> TaskResult JSON, written by the worker as the case
@@ -20,8 +23,11 @@ and are written with HSET keyed by task id, so recording a case twice keeps one 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -33,6 +39,31 @@ from .models import TaskResult, TestResult
 from .statistics import BatchSummary, RunStatistics
 
 PREFIX = "dify-runner:"
+LUA = Path(__file__).with_name("lua")
+# The publisher renews its mark at every chord; a mark older than this means it is gone.
+PUBLISHER_TTL_SECONDS = 15
+# Run lifecycle (the ``publish_state`` field): publishing -> published; or publishing ->
+# interrupted (the rest of the plan was never sent: ``resume`` sends it), or publishing ->
+# closed (cancelled while publishing: the cases never sent ended CANCELLED).
+PUBLISHING, PUBLISHED, INTERRUPTED, CLOSED = "publishing", "published", "interrupted", "closed"
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_alive(identity: str) -> bool:
+    """False only when ``identity`` is a process of this host that no longer exists."""
+    host, _, pid = identity.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True  # another machine's process: only its mark's expiry tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_key(run_id: str, *parts: object) -> str:
@@ -68,10 +99,32 @@ class RunInfo(BaseModel):
     batches_done: int = 0
     # The plan's gate: the share of cases that must pass for the run to pass.
     pass_rate: float = 1.0
+    # Publishing (see PUBLISHING...): runs written before this field existed were published.
+    publish_state: str = PUBLISHED
+    published_batches: int = 0
+    published_cases: int = 0
+    publisher: str | None = None
+    # Set by resume: when it reopened the run, and how many cases had a final result then.
+    resumed_at: datetime | None = None
+    resumed_done: int = 0
 
     @property
     def finished(self) -> bool:
         return self.state == "finished"
+
+    @property
+    def publishing_incomplete(self) -> bool:
+        """Part of the plan was never sent, and nobody is sending it: ``resume`` must."""
+        if self.publish_state == INTERRUPTED:
+            return True
+        return self.publish_state == PUBLISHING and (self.publisher is None or not _process_alive(self.publisher))
+
+    @property
+    def missing_results(self) -> int:
+        """Cases of the plan without a result in the finished run's statistics."""
+        if self.statistics is None:
+            return 0
+        return max(0, self.total - self.statistics.total_tasks)
 
 
 class RunStore:
@@ -80,6 +133,7 @@ class RunStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int = 7 * 24 * 3600) -> None:
         self.redis = client
         self.ttl = ttl_seconds
+        self._record_end = client.register_script((LUA / "record_end.lua").read_text())
 
     def _key(self, run_id: str, *parts: object) -> str:
         return run_key(run_id, *parts)
@@ -100,9 +154,13 @@ class RunStore:
                 "created_at": created_at.isoformat(),
                 "state": "running",
                 "pass_rate": pass_rate,
+                "publish_state": PUBLISHING,
+                "published_batches": 0,
+                "published_cases": 0,
             },
         )
         pipe.expire(key, self.ttl)
+        pipe.set(self._key(run_id, "publisher"), this_process(), ex=PUBLISHER_TTL_SECONDS)
         pipe.zadd(PREFIX + "runs", {run_id: created_at.timestamp()})
         pipe.execute()
 
@@ -110,21 +168,50 @@ class RunStore:
         pipe = self.redis.pipeline()
         pipe.hgetall(self._key(run_id))
         pipe.scard(self._key(run_id, "done"))
-        raw, done = pipe.execute()
+        pipe.get(self._key(run_id, "publisher"))
+        raw, done, publisher = pipe.execute()
         if not raw:
             return None
         fields: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
         if "statistics" in fields:
             fields["statistics"] = json.loads(fields["statistics"])
         fields["batches_done"] = done
+        fields["publisher"] = publisher.decode() if publisher is not None else None
         return RunInfo.model_validate(fields)
 
     def list_runs(self, limit: int = 20) -> list[str]:
         return [r.decode() for r in self.redis.zrevrange(PREFIX + "runs", 0, limit - 1)]
 
     def progress(self, run_id: str) -> dict[str, int]:
-        raw = self.redis.hgetall(self._key(run_id, "progress"))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        """Counts of final statuses (each case once), ``retries`` and ``retries_waiting``."""
+        pipe = self.redis.pipeline()
+        pipe.hgetall(self._key(run_id, "progress"))
+        pipe.scard(self._key(run_id, "waiting"))
+        raw, waiting = pipe.execute()
+        counts = {k.decode(): int(v) for k, v in raw.items()}
+        counts["retries_waiting"] = int(waiting)
+        return counts
+
+    def mark_published(self, run_id: str, batches: int, cases: int) -> None:
+        """Record how much of the run is published, and that its publisher is alive."""
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(run_id), mapping={"published_batches": batches, "published_cases": cases})
+        pipe.set(self._key(run_id, "publisher"), this_process(), ex=PUBLISHER_TTL_SECONDS)
+        pipe.execute()
+
+    def end_publishing(self, run_id: str, state: str) -> None:
+        """PUBLISHED, INTERRUPTED or CLOSED: publishing is over, one way or the other."""
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(run_id), "publish_state", state)
+        pipe.delete(self._key(run_id, "publisher"))
+        pipe.execute()
+
+    def start_publishing(self, run_id: str) -> None:
+        """A resume takes over publishing: mark it as this process's."""
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(run_id), "publish_state", PUBLISHING)
+        pipe.set(self._key(run_id, "publisher"), this_process(), ex=PUBLISHER_TTL_SECONDS)
+        pipe.execute()
 
     def cancel(self, run_id: str, reason: str) -> bool:
         """Flag the run as cancelled; True if this call set the flag."""
@@ -144,27 +231,53 @@ class RunStore:
         return ("this Redis keeps nothing on disk (appendonly no, no save points): a Redis restart would lose "
                 "the run's state and results; enable appendonly, or keep the producer's reports")
 
-    def reopen(self, run_id: str, batch_count: int, done_batches: range) -> None:
-        """Make a finished, cancelled or stalled run wait for ``batch_count`` batches again."""
-        key, done_key = self._key(run_id), self._key(run_id, "done")
+    def reopen(self, run_id: str, batch_count: int, counts: dict[str, int], waiting: set[str]) -> None:
+        """Make a finished, cancelled or stalled run wait for ``batch_count`` batches again, its
+        progress counted afresh (``counts``: final statuses and failures of the cases kept)
+        and only the cases in ``waiting`` still waiting for a retry."""
+        key, progress, waiting_key = self._key(run_id), self._key(run_id, "progress"), self._key(run_id, "waiting")
+        retries = self.redis.hget(progress, "retries")
         pipe = self.redis.pipeline()
         pipe.hdel(key, "finished_at", "statistics", "stop_reason")
-        pipe.hset(key, mapping={"state": "running", "batch_count": batch_count})
-        pipe.delete(self._key(run_id, "cancel"), self._key(run_id, "progress"))
-        if len(done_batches):
-            pipe.sadd(done_key, *done_batches)
-            pipe.expire(done_key, self.ttl)
+        pipe.hset(key, mapping={"state": "running", "batch_count": batch_count,
+                                "resumed_at": datetime.now(timezone.utc).isoformat(),
+                                "resumed_done": sum(n for status, n in counts.items() if status != "failures")})
+        pipe.delete(self._key(run_id, "cancel"), progress, waiting_key)
+        values = {**counts, "retries": int(retries or 0)}
+        pipe.hset(progress, mapping=values)
+        pipe.expire(progress, self.ttl)
+        if waiting:
+            pipe.sadd(waiting_key, *waiting)
+            pipe.expire(waiting_key, self.ttl)
         pipe.execute()
 
     def next_resume_round(self, run_id: str) -> int:
         return int(self.redis.hincrby(self._key(run_id), "resumes", 1))
 
+    def waiting_cases(self, run_id: str) -> set[str]:
+        return {m.decode() for m in self.redis.smembers(self._key(run_id, "waiting"))}
+
+    def set_batch_members(self, run_id: str, batch: int, task_ids: list[str]) -> None:
+        """Which cases a batch made by ``resume`` holds (the manifest tells it for the others)."""
+        key = self._key(run_id, "members", batch)
+        pipe = self.redis.pipeline()
+        pipe.delete(key)
+        if task_ids:
+            pipe.sadd(key, *task_ids)
+            pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def batch_members(self, run_id: str, batch: int) -> set[str]:
+        return {m.decode() for m in self.redis.smembers(self._key(run_id, "members", batch))}
+
     def replace_batch(self, run_id: str, batch: int, dropped: list[str], summary: BatchSummary) -> None:
-        """Forget some results of a batch (they are being run again) and store its new summary."""
+        """Forget some results of a batch (they are run again: their final status goes too)
+        and store its new summary."""
         pipe = self.redis.pipeline()
         if dropped:
             pipe.hdel(self._key(run_id, "tests", batch), *dropped)
             pipe.hdel(self._key(run_id, "tasks", batch), *dropped)
+            pipe.hdel(self._key(run_id, "final"), *dropped)
         pipe.set(self._key(run_id, "summary", batch), summary.model_dump_json(), ex=self.ttl)
         pipe.execute()
 
@@ -176,30 +289,47 @@ class RunStore:
         return raw.decode() if raw is not None else None
 
     def count(self, run_id: str, field: str, by: int = 1) -> int:
-        """Count a case event (a final status or a retry) for live progress."""
+        """Add to one of the run's progress counters."""
         key = self._key(run_id, "progress")
         pipe = self.redis.pipeline()
         pipe.hincrby(key, field, by)
         pipe.expire(key, self.ttl)
         return int(pipe.execute()[0])
 
-    def record_end(self, run_id: str, batch: int, task_id: str, result_json: str, status: str, failed: bool,
-                   before: Callable[[redis.client.Pipeline], None] | None = None) -> int | None:
-        """Store a case's TaskResult for its batch's chord callback and count its final status
-        (and a failure), in one round trip; ``before`` may add commands to the same pipeline.
-        Returns the run's failure count when ``failed``."""
-        key, ended = self._key(run_id, "progress"), self._key(run_id, "ended", batch)
+    def retry_scheduled(self, run_id: str, task_id: str) -> None:
+        """A case will be tried again after its countdown: it is waiting until it starts."""
         pipe = self.redis.pipeline()
+        pipe.hincrby(self._key(run_id, "progress"), "retries", 1)
+        pipe.sadd(self._key(run_id, "waiting"), task_id)
+        pipe.expire(self._key(run_id, "waiting"), self.ttl)
+        pipe.execute()
+
+    def retry_started(self, run_id: str, task_id: str) -> None:
+        self.redis.srem(self._key(run_id, "waiting"), task_id)
+
+    def record_end(self, run_id: str, batch: int, task_id: str, result_json: str, status: str, failed: bool,
+                   before: Callable[[redis.client.Pipeline], None] | None = None,
+                   pipe: redis.client.Pipeline | None = None) -> int | None:
+        """Store a case's TaskResult for its batch's chord callback and count its final status
+        (and a failure), once per case (record_end.lua), in one round trip; ``before`` may add
+        commands to the same pipeline. Returns the run's failure count when ``failed``, and
+        None when the case had already ended (a redelivery: nothing is written). With
+        ``pipe``, the command is only queued there (the caller executes it; returns None)."""
+        own = pipe is None
+        pipe = self.redis.pipeline() if pipe is None else pipe
         if before is not None:
             before(pipe)
-        pipe.hset(ended, task_id, result_json)
-        pipe.expire(ended, self.ttl)
-        pipe.hincrby(key, status, 1)
-        if failed:
-            pipe.hincrby(key, "failures", 1)
-        pipe.expire(key, self.ttl)
-        replies = pipe.execute()
-        return int(replies[-2]) if failed else None
+        self._record_end(keys=[self._key(run_id, "final"), self._key(run_id, "ended", batch),
+                               self._key(run_id, "progress"), self._key(run_id, "waiting")],
+                         args=[task_id, result_json, status, "1" if failed else "0", self.ttl], client=pipe)
+        if not own:
+            return None
+        failures = int(pipe.execute()[-1])
+        return None if failures < 0 else failures
+
+    def final_statuses(self, run_id: str) -> dict[str, str]:
+        """Every case that ended, with its final status."""
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(run_id, "final")).items()}
 
     def ended_results(self, run_id: str, batch: int) -> dict[str, bytes]:
         """The TaskResults (JSON) workers stored for a batch, by task id."""

@@ -19,13 +19,13 @@ from celery.exceptions import Retry
 from pydantic import ValidationError
 
 from ..config.settings import Settings
-from .converter import STATUS_MAP, ResultConverter
+from .batches import close_batch
+from .converter import STATUS_MAP
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import CaseMessage
 from .models import AttemptRecord, TaskResult, TaskStatus, TestResult
 from .run_control import Admission, RunGate
-from .statistics import BatchSummary
 from .store import RunStore, connect
 
 RUN_CASE = "dify_runner.run_case"
@@ -151,12 +151,16 @@ def _attempt_or_retry(
         # Still waiting for this retry: hop again, so a cancel is seen within a hop.
         raise _retry(task, raw, history, wait_until)
     policy = message.policy
-    with rt.gate.admit(message.run_id, policy.concurrency, policy.rate_control, message.workflow.base_url,
-                       cancelled, rt.max_slot_wait) as admission:
+    with rt.gate.admit(message.run_id, message.task.task_id, policy.concurrency, policy.rate_control,
+                       message.workflow.base_url, cancelled, rt.max_slot_wait) as admission:
+        if admission is Admission.ENDED:
+            # A second delivery of a case that already ended (its worker died before the
+            # acknowledgement, or resume raced it): its result is stored; never call Dify again.
+            return {"task_id": message.task.task_id, "stored": True}
         if admission is Admission.BUSY:
             raise _retry(task, raw, history, None)  # back in the queue, message released
-        if attempt > 1:  # a retry left its wait: "retries waiting" = retries - retries_started
-            rt.store.count(message.run_id, "retries_started")
+        if attempt > 1:  # a retry left its wait
+            rt.store.retry_started(message.run_id, message.task.task_id)
         if admission is Admission.CANCELLED or _token_cancelled(rt, message, hooks):
             return _cancelled(rt, message, attempt, history, hooks)
         outcome = run_attempt(message, attempt, rt.dify, hooks, cancelled=cancelled)
@@ -172,7 +176,7 @@ def _attempt_or_retry(
             return _finish(rt, message, attempt, history, outcome)
         rt.gate.release()  # a retry waits without a slot
     history.append(_record(attempt, outcome, countdown))
-    rt.store.count(message.run_id, "retries")
+    rt.store.retry_scheduled(message.run_id, message.task.task_id)
     log.info("case %s attempt %d %s, retry in %.2fs", message.task.task_id, attempt, outcome.status.value, countdown)
     if hooks is not None and hooks.sleep_fn is not None:
         hooks.sleep_fn(countdown)  # the Python API's injected clock waits instead
@@ -295,35 +299,6 @@ def _unreadable_message(raw: Any, exc: ValidationError) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-def _batch_task_results(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, batch: int) -> list[TaskResult]:
-    """The chord's results: stored ones read from the run store, the rest carried inline."""
-    stored = rt.store.ended_results(run_id, batch) if any(r.get("stored") for r in results) else {}
-    task_results = []
-    for item in results:
-        if not item.get("stored"):
-            task_results.append(TaskResult.model_validate(item))
-        elif item["task_id"] in stored:
-            task_results.append(TaskResult.model_validate_json(stored[item["task_id"]]))
-        else:  # cannot happen short of Redis losing data between the case and its chord
-            task_results.append(TaskResult(task_id=item["task_id"], workflow_id="unknown", run_id=run_id,
-                                           task_status=TaskStatus.ERROR,
-                                           error_message="the case's stored result was lost (Redis restarted?)"))
-    return task_results
-
-
 def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
     """The chord callback: convert a batch's TaskResults and store them with a summary."""
-    if rt.store.batch_done(run_id, batch):
-        # A late chord of a batch that resume already replaced (or a redelivered callback):
-        # its cases have their results elsewhere; storing them again would count them twice.
-        log.info("run %s batch %d is already done; late results ignored", run_id, batch)
-        return
-    task_results = _batch_task_results(rt, results, run_id, batch)
-    test_results = ResultConverter.convert_batch(task_results)
-    summary = BatchSummary()
-    for task_result, test_result in zip(task_results, test_results, strict=True):
-        summary.add(task_result.task_status.value, task_result.execution_time, test_result.tokens_used,
-                    test_result.cost)
-    done = rt.store.save_batch(run_id, batch, task_results, test_results, summary)
-    if done >= batch_count and rt.store.finalize(run_id, batch_count):
-        log.info("run %s finished (%d batches)", run_id, batch_count)
+    close_batch(rt.store, run_id, batch, batch_count, results)

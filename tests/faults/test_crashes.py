@@ -29,9 +29,12 @@ def test_the_producer_killed_after_submit(tmp_path: Path, fleet: Fleet, redis_ur
                                  "--broker", redis_url], stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
     assert producer.stdout is not None
     line = producer.stdout.readline()
-    while not line.startswith("run "):  # "run <id>: 40 cases ..." once everything is submitted
+    while not line.startswith("run "):  # "run <id>: 40 cases ...", printed before publishing
         line = producer.stdout.readline()
     run_id = line.split()[1].rstrip(":")
+    store = RunStore(redis.Redis.from_url(redis_url))
+    while (info := store.get_run(run_id)) is None or info.publish_state != "published":
+        time.sleep(0.01)  # killed after publishing (test_publishing kills it while publishing)
     producer.send_signal(signal.SIGKILL)
     producer.wait()
     status = cli("status", run_id, "--broker", redis_url)

@@ -1,4 +1,5 @@
--- Admit one attempt of a run: refuse it if the run is cancelled, else take one of the
+-- Admit one attempt of a run: refuse it if the case already ended (a redelivered or
+-- duplicated message) or the run is cancelled, else take one of the
 -- run's concurrency slots if one is free, and say how long the run's 429 cooldown has
 -- left. One round trip where three separate commands would need three.
 -- KEYS[1]  sorted set of leases: member = lease id, score = expiry (ms, Redis server time)
@@ -7,8 +8,14 @@
 -- ARGV[1]  the limit (slots in the whole fleet)
 -- ARGV[2]  lease id
 -- ARGV[3]  lease time to live (ms); holders renew it, a dead holder's lease lapses
+-- KEYS[4]  the run's final statuses (hash: task id -> status)
 -- ARGV[4]  time to live of the whole key (s), so an abandoned run leaves nothing behind
--- Returns {code, cooldown_ms}: code 2 = cancelled, 1 = slot taken, 0 = all slots held.
+-- ARGV[5]  the case's task id
+-- Returns {code, cooldown_ms}: code 3 = the case already ended, 2 = cancelled, 1 = slot
+-- taken, 0 = all slots held.
+if redis.call('HEXISTS', KEYS[4], ARGV[5]) == 1 then
+  return {3, 0}
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {2, 0}
 end

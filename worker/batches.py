@@ -1,0 +1,88 @@
+"""Closing a batch: its cases' TaskResults become TestResults and a summary in the run store.
+
+The chord callback (``finish_batch``) closes a batch when its cases have ended; the
+producer closes the batches it never published when a run is cancelled while publishing,
+and ``resume`` closes the batches whose messages are gone. One function for all three, so
+a batch is converted and counted the same way whoever closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from datetime import datetime
+
+from .converter import STATUS_MAP, ResultConverter
+from .messages import CaseMessage
+from .models import TaskResult, TaskStatus, TestResult
+from .statistics import BatchSummary
+from .store import RunStore
+
+log = logging.getLogger("dify_runner.worker")
+
+
+def never_ran_result(message: CaseMessage, when: datetime, reason: str) -> TaskResult:
+    """The result of a case that ended CANCELLED without an attempt (never published)."""
+    task = message.task
+    return TaskResult(
+        task_id=task.task_id, workflow_id=task.workflow_id, task_status=TaskStatus.CANCELLED, finished_at=when,
+        error_message=reason, dataset=task.dataset, scenario=task.scenario, case_id=task.case_id,
+        run_id=message.run_id,
+        test_result=TestResult(workflow_id=task.workflow_id, execution_id=task.task_id, timestamp=when,
+                               status=STATUS_MAP[TaskStatus.CANCELLED], inputs=task.parameters),
+    )
+
+
+def batch_task_results(store: RunStore, run_id: str, batch: int,
+                       results: list[dict[str, Any]] | None = None) -> list[TaskResult]:
+    """A batch's TaskResults: stored ones read from the run store, the rest carried inline.
+
+    ``results`` is what the chord carried (references or results); None means every case
+    the workers recorded for the batch. Each case appears once. A reference whose result is
+    not in this batch but whose case has ended belongs to a duplicate delivery: the case's
+    result lives in the batch that ran it first.
+    """
+    stored = store.ended_results(run_id, batch)
+    if results is None:
+        return [TaskResult.model_validate_json(raw) for _, raw in sorted(stored.items())]
+    task_results: list[TaskResult] = []
+    seen: set[str] = set()
+    final: dict[str, str] | None = None
+    for item in results:
+        task_id = str(item.get("task_id"))
+        if task_id in seen:
+            continue
+        seen.add(task_id)
+        if not item.get("stored"):
+            task_results.append(TaskResult.model_validate(item))
+        elif task_id in stored:
+            task_results.append(TaskResult.model_validate_json(stored[task_id]))
+        else:
+            final = store.final_statuses(run_id) if final is None else final
+            if task_id in final:
+                continue  # a duplicate: counted and stored with the delivery that ended it first
+            task_results.append(TaskResult(task_id=task_id, workflow_id="unknown", run_id=run_id,
+                                           task_status=TaskStatus.ERROR,
+                                           error_message="the case's stored result was lost (Redis restarted?)"))
+    return task_results
+
+
+def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | None,
+                results: list[dict[str, Any]] | None = None) -> bool:
+    """Convert and store one batch, and finish the run if it was the last of ``batch_count``
+    (None: never, the caller finishes it); False when the batch was already closed (a late
+    or redelivered callback: storing again would count its cases twice)."""
+    if store.batch_done(run_id, batch):
+        log.info("run %s batch %d is already done; late results ignored", run_id, batch)
+        return False
+    task_results = batch_task_results(store, run_id, batch, results)
+    test_results = ResultConverter.convert_batch(task_results)
+    summary = BatchSummary()
+    for task_result, test_result in zip(task_results, test_results, strict=True):
+        summary.add(task_result.task_status.value, task_result.execution_time, test_result.tokens_used,
+                    test_result.cost)
+    done = store.save_batch(run_id, batch, task_results, test_results, summary)
+    if batch_count is not None and done >= batch_count and store.finalize(run_id, batch_count):
+        log.info("run %s finished (%d batches)", run_id, batch_count)
+    return True
