@@ -7,12 +7,15 @@ only where the broker lives and who runs the worker differ.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -76,6 +79,29 @@ def stop_processes(procs: Iterable[subprocess.Popen[Any]], timeout: float) -> No
             proc.wait()
 
 
+PR_SET_PDEATHSIG = 1
+# Looked up here, in the parent: the child only calls it (little Python runs between fork and exec).
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, between fork and exec
+    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL."""
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def start_helper(args: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a helper process (redis-server, the mock) for this process only.
+
+    In its own session: a Ctrl+C typed at the terminal signals the terminal's foreground
+    process group, and the helper must not die with it (the producer decides what Ctrl+C
+    means, and stops its helpers itself on every way out). Bound to this process's life,
+    so a SIGKILLed producer leaves no helper behind either.
+    """
+    return subprocess.Popen(args, start_new_session=True,
+                            preexec_fn=_die_with_parent if _prctl is not None else None, **popen)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -115,7 +141,7 @@ class EmbeddedRedis:
 
     def _launch(self, timeout: float) -> bool:
         assert self._dir is not None
-        self._proc = subprocess.Popen(
+        self._proc = start_helper(
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",

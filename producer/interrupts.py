@@ -79,7 +79,7 @@ class PublishGuard:
         # The default handler is back while asking, so a second Ctrl+C answers "cancel".
         signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
-            choice = ask(self.console, "\n[bold]interrupted while publishing[/]: [c]ancel the run, or Enter to "
+            choice = ask(self.console, "\n[bold]interrupted while publishing[/]: \\[c]ancel the run, or Enter to "
                          "go on publishing? ", {"c": "cancel"}, "go on")
         finally:
             signal.signal(signal.SIGINT, self._note)

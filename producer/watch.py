@@ -31,8 +31,8 @@ def ask_on_interrupt(console: Console, can_detach: bool, terminated: bool = Fals
     """What Ctrl+C means: ask on a terminal; cancel when nobody can answer (CI) or on SIGTERM."""
     if terminated or not sys.stdin.isatty():
         return "cancel"
-    options = "[c]ancel the run, [d]etach (it goes on), or Enter to keep waiting" if can_detach else \
-        "[c]ancel the run, or Enter to keep waiting"
+    options = "\\[c]ancel the run, \\[d]etach (it goes on), or Enter to keep waiting" if can_detach else \
+        "\\[c]ancel the run, or Enter to keep waiting"
     choices = {"c": "cancel", **({"d": "detach"} if can_detach else {})}
     return ask(console, f"\n[bold]interrupted[/]: {options}? ", choices, "wait")
 

@@ -10,7 +10,7 @@ from typing import IO, Any
 
 import httpx
 
-from ..producer.embedded import free_port, stop_processes
+from ..producer.embedded import free_port, start_helper, stop_processes
 
 
 class MockDifyProcess:
@@ -20,7 +20,7 @@ class MockDifyProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self._log: IO[bytes] | None = open(log_path, "wb") if log_path is not None else None
-        self.proc = subprocess.Popen(
+        self.proc = start_helper(
             [sys.executable, "-m", "dify_runner", "mock-dify", "--port", str(self.port), *options],
             stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
