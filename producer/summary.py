@@ -161,7 +161,8 @@ class SummaryBuilder:
             if len(self._failing) < FAILING_SHOWN:
                 self._failing.append(CaseLine(execution_id=result.execution_id, status=status,
                                               latency=result.execution_time, error_message=result.error_message))
-        if "#" in result.execution_id:  # a repeat: workflow/dataset/case#n
+        if "#" in result.execution_id and status != "cancelled":  # a repeat: workflow/dataset/case#n
+            # A cancelled repeat never ran: it says nothing of the case's stability.
             counts = self._repeats.setdefault(result.execution_id.rsplit("#", 1)[0], [0, 0])
             counts[0] += status == "succeeded"
             counts[1] += 1
