@@ -7,10 +7,11 @@ retried: the answer came back and was judged (use ``repeat`` to measure flakines
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .regex import compile_regex, schema_patterns
 
 
 class Expectations(BaseModel):
@@ -48,10 +49,7 @@ class Expectations(BaseModel):
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+            compile_regex(value)  # RE2: linear time, so no check can hang a worker
         return value
 
     @field_validator("json_schema")
@@ -65,6 +63,8 @@ class Expectations(BaseModel):
                 Draft202012Validator.check_schema(value)
             except SchemaError as exc:
                 raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+            for pattern in schema_patterns(value):
+                compile_regex(pattern)
         return value
 
     @field_validator("jsonpath")
@@ -75,6 +75,10 @@ class Expectations(BaseModel):
             from jsonpath_ng.ext import parse
 
             for expression in value:
+                if "=~" in expression or "sub(/" in expression:
+                    # jsonpath-ng runs these with Python's backtracking re, without a time bound.
+                    raise ValueError(f"JSONPath {expression!r}: regular expressions inside JSONPath are not "
+                                     "supported; check the value with expect.regex (and expect.output)")
                 try:
                     parse(expression)
                 except (JsonPathParserError, Exception) as exc:  # the parser raises plain Exceptions too

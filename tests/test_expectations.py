@@ -7,12 +7,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from dify_runner.config.expectations import Expectations
+from dify_runner.producer.embedded import InProcessWorker
 from dify_runner.worker.expectations import check
-from dify_runner.worker.models import TestResult, TestStatus
+from dify_runner.worker.models import TaskStatus, TestResult, TestStatus
+from dify_runner.worker.store import RunStore
 from pydantic import ValidationError
 
-from .conftest import cli, stub_plan, write_plan
+from .conftest import cli, manifest_for, run_manifest, stub_plan, write_plan
 
 
 def result(outputs: dict, tokens: int = 100, cost: float | None = 0.001) -> TestResult:
@@ -115,3 +118,29 @@ def test_expectations_and_the_gate_in_a_run(tmp_path: Path) -> None:
     plan["gates"] = {"pass_rate": 0.9}
     strict = cli("run", str(write_plan(tmp_path, plan)), "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert strict.returncode == 1 and "fails gates.pass_rate 90.0%" in strict.stdout
+
+
+def test_a_catastrophic_regex_cannot_hang_the_worker(tmp_path: Path, app: Celery, store: RunStore,
+                                                     worker: InProcessWorker) -> None:
+    """`(a+)+$` on 40 `a`s and `!` backtracks for hours in Python's re; on RE2 it is linear."""
+    evil = {"id": "evil", "inputs": {"q": "a" * 40 + "!"}, "expect": {"regex": "(a+)+$"}}
+    schema = {"id": "schema", "inputs": {"q": "a" * 40 + "!"},
+              "expect": {"json_schema": {"properties": {"text": {"pattern": "(a+)+$"}}}}}
+    plan = stub_plan([evil, schema, *({"id": f"ok{i}"} for i in range(4))],
+                     execution={"retry_policy": {"max_attempts": 1}})
+    info = run_manifest(app, store, manifest_for(tmp_path, plan))
+    results = {r.case_id: r for r in store.iter_task_results(info.run_id, info.batch_count)}
+    assert results["evil"].task_status is TaskStatus.FAILED and "should match" in (results["evil"].error_message or "")
+    assert results["schema"].task_status is TaskStatus.FAILED and "does not match" in results["schema"].error_message
+    assert [results[f"ok{i}"].task_status for i in range(4)] == [TaskStatus.SUCCEEDED] * 4
+
+
+@pytest.mark.parametrize("expect, message", [
+    ({"regex": "(a)\\1"}, "is not supported"),
+    ({"json_schema": {"properties": {"x": {"pattern": "(?=a)b"}}}}, "is not supported"),
+    ({"jsonpath": {"$.items[?(@.name =~ 'a+')]": 1}}, "regular expressions inside JSONPath"),
+])
+def test_unbounded_patterns_are_refused_by_validate(tmp_path: Path, expect: dict, message: str) -> None:
+    done = cli("validate", str(write_plan(tmp_path, stub_plan([{"id": "a", "expect": expect}]))))
+    assert done.returncode == 2 and message in done.stderr and "datasets[0].cases[0].expect" in done.stderr, \
+        done.stderr

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from typing import Any
 
 from ..config.expectations import Expectations
+from ..config.regex import search
 from .models import TestResult
 
 SHOWN = 120
@@ -25,6 +25,26 @@ def _jsonpath(expression: str) -> Any:
     from jsonpath_ng.ext import parse
 
     return parse(expression)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_validator() -> Any:
+    """Draft 2020-12 with ``pattern`` and ``patternProperties`` on RE2 (jsonschema's own use
+    Python's backtracking ``re``: a schema in a plan could hang the worker)."""
+    from jsonschema import Draft202012Validator, ValidationError, validators
+
+    def pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Any:
+        if validator.is_type(instance, "string") and not search(patrn, instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    def pattern_properties(validator: Any, patterns: dict[str, Any], instance: Any, schema: Any) -> Any:
+        if validator.is_type(instance, "object"):
+            for patrn, subschema in patterns.items():
+                for key, value in instance.items():
+                    if search(patrn, key):
+                        yield from validator.descend(value, subschema, path=key, schema_path=patrn)
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern, "patternProperties": pattern_properties})
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
@@ -60,12 +80,10 @@ def check(expect: Expectations, result: TestResult, latency: float) -> list[str]
             for needle in _as_list(expect.not_contains):
                 if needle in text:
                     problems.append(f"output {name!r} should not contain {needle!r}, got {_shown(text)}")
-            if expect.regex is not None and not re.search(expect.regex, text):
+            if expect.regex is not None and not search(expect.regex, text):
                 problems.append(f"output {name!r} should match /{expect.regex}/, got {_shown(text)}")
     if expect.json_schema is not None:
-        from jsonschema import Draft202012Validator
-
-        errors = sorted(Draft202012Validator(expect.json_schema).iter_errors(outputs), key=lambda e: list(e.path))
+        errors = sorted(_schema_validator()(expect.json_schema).iter_errors(outputs), key=lambda e: list(e.path))
         for error in errors[:3]:
             where = "/".join(map(str, error.path)) or "(outputs)"
             problems.append(f"outputs do not match the JSON schema at {where}: {error.message}")
