@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
-from itertools import islice
 from datetime import datetime, timezone
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from ..config.manifest import RunManifest
 from ..worker.app import RunnerCelery
-from ..worker.messages import AttemptPolicy, CaseMessage
 from ..worker.batches import close_batch, never_ran_result
+from ..worker.messages import AttemptPolicy, CaseMessage
 from ..worker.store import CLOSED, INTERRUPTED, PUBLISHED, RunInfo, RunStore
 from ..worker.tasks import FINISH_BATCH, RUN_CASE
 from .waiting import PublishingIncomplete
@@ -183,7 +183,8 @@ def _safe_info(store: RunStore, run_id: str) -> RunInfo | None:
         return None
 
 
-def unpublished(manifest: RunManifest, first_batch: int, executor: str = "plan") -> Iterator[tuple[int, list[CaseMessage]]]:
+def unpublished(manifest: RunManifest, first_batch: int,
+                executor: str = "plan") -> Iterator[tuple[int, list[CaseMessage]]]:
     """The manifest's batches from ``first_batch`` on."""
     return islice(enumerate(case_messages(manifest, executor)), first_batch, None)
 

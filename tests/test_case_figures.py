@@ -10,7 +10,6 @@ import pytest
 from celery import Celery
 from dify_runner.config.manifest import Task
 from dify_runner.config.plan import WorkflowConfig
-from dify_runner.mockdify.process import MockDifyProcess
 from dify_runner.producer.embedded import InProcessWorker
 from dify_runner.producer.summary import SummaryBuilder
 from dify_runner.worker.dify_client import DifyClient
@@ -18,6 +17,8 @@ from dify_runner.worker.execution import run_attempt
 from dify_runner.worker.messages import AttemptPolicy, CaseMessage
 from dify_runner.worker.models import TaskStatus, TestResult, TestStatus
 from dify_runner.worker.store import RunStore
+
+from dify_runner.mockdify.process import MockDifyProcess
 
 from .conftest import manifest_for, run_manifest, stub_plan
 

@@ -9,9 +9,8 @@ a batch is converted and counted the same way whoever closes it.
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 from datetime import datetime
+from typing import Any
 
 from .converter import STATUS_MAP, ResultConverter
 from .messages import CaseMessage

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from dify_runner.mockdify.process import MockDifyProcess
 from dify_runner.worker.store import RunStore
+
+from dify_runner.mockdify.process import MockDifyProcess
 
 from ..conftest import REPO, Fleet, cli, stub_plan, write_plan
 
