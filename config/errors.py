@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 
@@ -19,19 +21,38 @@ class PlanError(Exception):
         super().__init__(f"{path}: invalid plan\n{lines}")
 
 
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
 def read_user_file(path: Path, max_bytes: int, what: str) -> str:
-    """Read a UTF-8 file the user named, turning every failure into a PlanError."""
+    """Read a UTF-8 file the user named, turning every failure into a PlanError.
+
+    Only regular files are read (a FIFO would block for good, a link to /dev/zero would never
+    end), and never more than ``max_bytes``: the bound holds before the read, not after it.
+    """
     shown = str(path)
     try:
-        if path.stat().st_size > max_bytes:
-            raise PlanError(shown, [f"{what} is larger than {max_bytes} bytes"])
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-        return path.read_text(encoding="utf-8-sig")
+        # O_NONBLOCK: opening a FIFO with no writer must not hang before fstat can refuse it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise PlanError(shown, [f"{what} not found"]) from None
-    except IsADirectoryError:
-        raise PlanError(shown, [f"is a directory, not a {what}"]) from None
-    except UnicodeDecodeError as exc:
-        raise PlanError(shown, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
     except OSError as exc:
         raise PlanError(shown, [f"cannot read {what}: {exc.strerror}"]) from None
+    mode = os.fstat(fd).st_mode
+    for test, kind in _KINDS:
+        if test(mode):
+            os.close(fd)
+            raise PlanError(shown, [f"is {kind}, not a {what}: only regular files are read"])
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(max_bytes + 1)
+        except OSError as exc:
+            raise PlanError(shown, [f"cannot read {what}: {exc.strerror}"]) from None
+    if len(data) > max_bytes:
+        raise PlanError(shown, [f"{what} is larger than {max_bytes} bytes"])
+    try:
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PlanError(shown, [f"not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None

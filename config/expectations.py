@@ -35,9 +35,9 @@ class Expectations(BaseModel):
     json_schema: dict[str, Any] | None = None
     # JSONPath expression over the outputs -> the value it must find.
     jsonpath: dict[str, Any] | None = None
-    max_latency: float | None = Field(None, gt=0)
-    max_tokens: int | None = Field(None, ge=0)
-    max_cost: float | None = Field(None, ge=0)
+    max_latency: float | None = Field(None, gt=0, strict=True)
+    max_tokens: int | None = Field(None, ge=0, strict=True)
+    max_cost: float | None = Field(None, ge=0, strict=True)
 
     @model_validator(mode="after")
     def _error_needs_failed(self) -> Expectations:
@@ -92,4 +92,4 @@ class Gates(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The run passes when at least this share of cases passed (default: all of them).
-    pass_rate: float = Field(1.0, ge=0, le=1)
+    pass_rate: float = Field(1.0, ge=0, le=1, strict=True)

@@ -37,12 +37,15 @@ class LoadedPlan:
         return total * self.plan.repeat
 
 
-def load_plan(path: str | Path) -> LoadedPlan:
+def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedPlan:
     """Read, parse and validate a plan file and its data files.
 
+    Data files must lie under the plan's directory or one of ``data_roots``: a plan is a
+    shared file, and the rows it reads are sent to the plan's ``base_url``.
     Raises PlanError naming the file, the field and the value for any problem.
     """
     path = Path(path)
+    roots = [path.parent.resolve(), *(Path(root).resolve() for root in data_roots or [])]
     shown = str(path)
     raw = parse_yaml(shown, read_user_file(path, MAX_PLAN_BYTES, "plan file"))
     try:
@@ -56,6 +59,11 @@ def load_plan(path: str | Path) -> LoadedPlan:
         resolved = list(dataset.cases)
         if dataset.file is not None:
             data_path = dataset.file if dataset.file.is_absolute() else path.parent / dataset.file
+            real = data_path.resolve()
+            if not any(real.is_relative_to(root) for root in roots):
+                problems.append(f"datasets[{index}].file = {str(dataset.file)!r}: is outside the plan's directory "
+                                f"({roots[0]}); data files are read only there (add --data-root DIR to allow more)")
+                continue
             try:
                 resolved += read_case_file(data_path, dataset.id_column)
             except PlanError as exc:
@@ -75,10 +83,31 @@ def load_plan(path: str | Path) -> LoadedPlan:
     return LoadedPlan(path, plan, cases)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (PyYAML keeps the last one
+    silently: a plan's second ``execution:`` would replace the first without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *alias` merges may be overridden by explicit keys: that is YAML
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(shown: str, text: str) -> dict[str, Any]:
-    """Parse YAML safely (no Python objects, no tags) into a mapping."""
+    """Parse YAML safely (no Python objects, no tags, no duplicate keys) into a mapping."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 ENV_PREFIX = "DIFY_RUNNER_"
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
+
+
+def check_redis_url(url: str) -> str:
+    """``url`` if it is a Redis URL Celery and redis-py can use; ValueError (without the
+    URL's password) otherwise."""
+    shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"{shown!r} is not a valid URL") from None
+    if parts.scheme not in REDIS_SCHEMES or not (parts.netloc or parts.path):
+        raise ValueError(f"{shown!r} is not a Redis URL: use redis://[:password@]host:port/db (or rediss://, "
+                         "unix:///path/to/socket)")
+    return url
 
 
 class Settings(BaseModel):
@@ -25,6 +43,11 @@ class Settings(BaseModel):
     # Seconds before Redis hands an unacknowledged message to another worker: it must
     # exceed the longest attempt (retry waits are cut into short hops, kombu#337).
     visibility_timeout: int = Field(3600, ge=10)
+
+    @field_validator("broker_url", "result_backend")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_redis_url(value)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

@@ -77,8 +77,8 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
     return warnings
 
 
-def _load(path: str, console: Console, settings: Settings) -> LoadedPlan:
-    loaded = load_plan(path)
+def _load(args: argparse.Namespace, console: Console, settings: Settings) -> LoadedPlan:
+    loaded = load_plan(args.plan, args.data_root)
     for warning in plan_warnings(loaded, settings, dict(os.environ)):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return loaded
@@ -177,7 +177,7 @@ def _stall_after(args: argparse.Namespace, settings: Settings) -> float | None:
 
 
 def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings) -> int:
-    loaded = _load(args.plan, console, settings)
+    loaded = _load(args, console, settings)
     plan = loaded.plan
     console.print(
         f"plan {plan.name!r} is valid: {len(plan.workflows)} workflow(s), {len(plan.datasets)} dataset(s), "
@@ -188,7 +188,7 @@ def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings)
 
 
 def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
-    loaded = _load(args.plan, console, settings)
+    loaded = _load(args, console, settings)
     manifest = expand(loaded, consume=True)
     if (args.broker or settings.broker_url) and any(w.is_mock for w in manifest.workflows):
         raise UsageError("base_url: mock runs only on the embedded default; for a fleet, start "
@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> i
 
 def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     url = _require_broker(args, settings)
-    loaded = _load(args.plan, console, settings)
+    loaded = _load(args, console, settings)
     manifest = expand(loaded, consume=True)
     store = _fleet_store(url, settings)
     _warn_persistence(console, store)

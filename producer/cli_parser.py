@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import __version__
+from ..config.settings import check_redis_url
 from .compare import Thresholds
 from .reports import FORMATS
 
@@ -20,6 +22,15 @@ def seconds(text: str) -> float:
     if value < 0 or value != value:
         raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
     return value
+
+
+def broker_url(text: str) -> str:
+    """A Redis URL, checked before anything connects (a bare host:port is refused here, not
+    deep inside kombu with a traceback)."""
+    try:
+        return check_redis_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_waiting_options(p: argparse.ArgumentParser) -> None:
@@ -42,16 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--broker", metavar="URL",
+        p.add_argument("--broker", metavar="URL", type=broker_url,
                        help="Redis URL shared with the workers (default: $DIFY_RUNNER_BROKER_URL)")
         return p
 
+    def add_plan(p: argparse.ArgumentParser) -> None:
+        p.add_argument("plan", help="the plan file (YAML)")
+        p.add_argument("--data-root", action="append", type=Path, default=[], metavar="DIR",
+                       help="data files may also be read under DIR (default: only under the plan's directory); "
+                            "may be given more than once")
+
     p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
-    p.add_argument("plan", help="the plan file (YAML)")
+    add_plan(p)
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
     add_waiting_options(p)
     p = add("submit", "validate a plan and submit it to the fleet; prints the run id and returns")
-    p.add_argument("plan", help="the plan file (YAML)")
+    add_plan(p)
     p.add_argument("--out", metavar="DIR", help="the run's manifest (for resume) goes to DIR/<run_id>/")
     p = add("resume", "run again the cases of a run that have no final result, then wait and report")
     p.add_argument("run_id", metavar="RUN_ID")
@@ -91,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cost-increase", type=float, default=LIMITS.max_cost_increase, metavar="RATIO",
                    help=f"rise of the mean cost per case allowed, relative ({LIMITS.max_cost_increase:g})")
     p = sub.add_parser("validate", help="check a plan and its data files without running it")
-    p.add_argument("plan", help="the plan file (YAML)")
+    add_plan(p)
     p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
     p.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent", "solo"])
     p.add_argument("--concurrency", type=int, default=20)
