@@ -39,11 +39,14 @@ def own_redis(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
 
 def test_resume_a_cancelled_run(tmp_path: Path, fleet: Fleet, redis_url: str) -> None:
     fleet.start(2, concurrency=4)
-    plan = stub_plan([{"id": f"c{i:02d}"} for i in range(40)], stub={"simulated_delay": 0.2},
-                     execution={"concurrency": 4})
+    # 40 cases of 0.5 s, two at a time: 10 s of run, so the cancel lands in it however loaded
+    # the machine is; it is sent once two cases have ended (a count, not a sleep).
+    plan = stub_plan([{"id": f"c{i:02d}"} for i in range(40)], stub={"simulated_delay": 0.5},
+                     execution={"concurrency": 2})
     run_id = submit(tmp_path, redis_url, plan)
     store = RunStore(redis.Redis.from_url(redis_url))
-    time.sleep(1.0)
+    while store.progress(run_id).get("succeeded", 0) < 2:
+        time.sleep(0.02)
     assert cli("cancel", run_id, "--broker", redis_url).returncode == 0
     wait_finished(store, run_id)
     info = store.get_run(run_id)
@@ -83,7 +86,9 @@ def test_a_redis_restart(tmp_path: Path, own_redis: EmbeddedRedis) -> None:
         plan = stub_plan([{"id": f"c{i:02d}"} for i in range(24)], stub={"simulated_delay": 0.25},
                          execution={"concurrency": 2, "batch_size": 6})
         run_id = submit(tmp_path, own_redis.url, plan)
-        time.sleep(1.2)  # some cases done, most still queued
+        store = RunStore(redis.Redis.from_url(own_redis.url))
+        while store.progress(run_id).get("succeeded", 0) < 2:  # some cases done, most still queued
+            time.sleep(0.02)
         own_redis.restart()
         waited = cli("wait", run_id, "--broker", own_redis.url, "--out", str(tmp_path / "runs"), timeout=120)
         if own_redis.appendonly:
