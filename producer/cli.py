@@ -1,11 +1,4 @@
-"""The ``dify-runner`` command line.
-
-Exit codes: 0 every case of the plan succeeded (or met the plan's gate); 1 at least one
-case did not; 2 bad input (plan, data file, arguments, unknown run); 3 the run is
-incomplete or the infrastructure failed (cases without a result, publishing interrupted,
-Redis unreachable, the embedded default cannot start, the run stalled or was lost); 130
-interrupted (Ctrl+C or SIGTERM): when the run was cancelled, its reports are written first.
-"""
+"""The ``dify-runner`` command line: one function per command (exit codes: see outcome)."""
 
 from __future__ import annotations
 
@@ -27,24 +20,32 @@ from rich.console import Console
 
 from ..config.errors import PlanError
 from ..config.loader import LoadedPlan, format_validation_error, load_plan
-from ..config.manifest import RunManifest
 from ..config.settings import ENV_PREFIX, Settings
 from ..worker.store import RunInfo, RunStore, connect
 from .cli_parser import build_parser
 from .compare import Thresholds, compare, print_comparison, resolve_report
-from .console_summary import print_summary
 from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
 from .interrupts import PublishGuard, terminate_as_interrupt
+from .outcome import (
+    EXIT_BAD_INPUT,
+    EXIT_INFRA,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_ALL_PASSED,
+    EXIT_OK,
+    finish_run,
+    finish_watched,
+    incomplete_text,
+    publish_or_cancel,
+    state_text,
+)
 from .progress import cases_done, counts_text
-from .reports import FORMATS, summary_of, write_reports
-from .result_stream import ResultStream
+from .reports import FORMATS
 from .resume import RunBusy, resume_run
-from .submission import HARD_LIMIT_GRACE, create_run, end_unpublished, publish_run, unpublished
+from .submission import HARD_LIMIT_GRACE, create_run, end_unpublished
 from .waiting import PublishingIncomplete, RunLost, RunNotFound, RunStalled
-from .watch import Watched, watch_run
+from .watch import watch_run
 
-EXIT_OK, EXIT_NOT_ALL_PASSED, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 MANIFEST_FILE = "manifest.jsonl"
 
 
@@ -117,45 +118,6 @@ def _require_broker(args: argparse.Namespace, settings: Settings) -> str:
     return url
 
 
-def _finished(console: Console, store: RunStore, watched: Watched, out_root: Path, interrupted: bool = False) -> int:
-    return _finish(console, store, watched.info, out_root, stream=watched.stream,
-                   interrupted=interrupted or watched.interrupted)
-
-
-def _publish(console: Console, app: Celery, store: RunStore, manifest: RunManifest) -> bool:
-    """Publish a created run; Ctrl+C or SIGTERM meanwhile stops it between two chords. True
-    when the run was cancelled that way (its unpublished cases then end CANCELLED)."""
-    with PublishGuard(console) as guard:
-        sent = publish_run(app, store, manifest, keep_going=guard.keep_going)
-    if sent == manifest.batch_count:
-        return False
-    count = end_unpublished(store, manifest.run_id, unpublished(manifest, sent), manifest.batch_count, guard.reason)
-    console.print(f"[yellow]cancelling ({guard.reason}): {count} case(s) never published end CANCELLED; "
-                  "the published ones stop; reports follow[/]", highlight=False)
-    return True
-
-
-def _finish(console: Console, store: RunStore, info: RunInfo, out_root: Path, formats: Sequence[str] = FORMATS,
-            stream: ResultStream | None = None, interrupted: bool = False) -> int:
-    paths, summary = write_reports(store, info, out_root / info.run_id, formats, stream)
-    run = summary_of(info)
-    print_summary(console, run, summary)
-    console.print("reports: " + ", ".join(str(p) for p in paths), highlight=False)
-    if info.missing_results:
-        # Never a verdict over fewer cases than the plan has.
-        console.print(f"[red]incomplete:[/] {info.missing_results} of the plan's {info.total} cases have no "
-                      f"result; no verdict. `dify-runner resume {info.run_id}` runs them", highlight=False)
-        return EXIT_INFRA
-    if interrupted:
-        return EXIT_INTERRUPTED
-    # The plan's gate (gates.pass_rate, default 1.0: every case) decides the exit code.
-    if info.statistics is not None and info.pass_rate < 1.0:
-        verdict = "passes" if run.passed else "fails"
-        console.print(f"gate: pass rate {run.statistics.success_rate:.1%} {verdict} gates.pass_rate "
-                      f"{info.pass_rate:.1%}", highlight=False)
-    return EXIT_OK if run.passed else EXIT_NOT_ALL_PASSED
-
-
 def _workers_alive(app: Celery) -> Callable[[], int | None]:
     """How many workers answer a ping (fleet mode's progress line); None when asking fails."""
     def count() -> int | None:
@@ -203,12 +165,12 @@ def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> i
         # The run id comes first: whatever happens to publishing, the run can be found.
         console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
                       f"{manifest.batch_count} batches on {where}", highlight=False)
-        interrupted = _publish(console, app, store, manifest)
+        interrupted = publish_or_cancel(console, app, store, manifest)
         # The embedded default's run dies with this process: it can be cancelled, not left.
         watched = watch_run(console, store, manifest.run_id, out_root / manifest.run_id, not args.no_progress,
                             can_detach=fleet, stall_after=_stall_after(args, settings),
                             workers_alive=_workers_alive(app) if fleet else None)
-        return _finished(console, store, watched, out_root, interrupted)
+        return finish_watched(console, store, watched, out_root, interrupted)
 
 
 def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -220,7 +182,7 @@ def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -
     manifest_file = Path(args.out or settings.runs_dir) / manifest.run_id / MANIFEST_FILE
     create_run(store, manifest, manifest_file=manifest_file)
     print(manifest.run_id, flush=True)
-    if _publish(console, _fleet_app(url, settings), store, manifest):
+    if publish_or_cancel(console, _fleet_app(url, settings), store, manifest):
         return EXIT_INTERRUPTED
     return EXIT_OK
 
@@ -249,7 +211,7 @@ def cmd_resume(args: argparse.Namespace, console: Console, settings: Settings) -
     watched = watch_run(console, store, args.run_id, out_root / args.run_id, not args.no_progress,
                         stall_after=_stall_after(args, settings), workers_alive=_workers_alive(app))
     console.print(f"resume: {plan.resubmitted} case(s) run in {time.monotonic() - started:.2f} s", highlight=False)
-    return _finished(console, store, watched, out_root, interrupted)
+    return finish_watched(console, store, watched, out_root, interrupted)
 
 
 def _get_info(store: RunStore, run_id: str, out_root: Path | None = None) -> RunInfo:
@@ -268,30 +230,15 @@ def cmd_status(args: argparse.Namespace, console: Console, settings: Settings) -
     for run_id in run_ids:
         info = _get_info(store, run_id)
         progress = store.progress(run_id)
-        console.print(f"{run_id}  {info.plan_name}  {_state_text(info)}  {cases_done(progress, info.total)}/"
+        console.print(f"{run_id}  {info.plan_name}  {state_text(info)}  {cases_done(progress, info.total)}/"
                       f"{info.total}  {counts_text(progress, markup=False)}"
                       + (f"  ({info.stop_reason})" if info.stop_reason else ""), highlight=False, markup=False)
         if info.publishing_incomplete and not info.finished:
-            console.print(f"  {_incomplete_text(run_id, info.published_cases, info.total)}", highlight=False,
+            console.print(f"  {incomplete_text(run_id, info.published_cases, info.total)}", highlight=False,
                           markup=False)
     if not run_ids:
         console.print("no runs in this Redis")
     return EXIT_OK
-
-
-def _state_text(info: RunInfo) -> str:
-    if info.finished:
-        return "finished" if not info.missing_results else f"finished, {info.missing_results} results missing"
-    if info.publishing_incomplete:
-        return "publishing interrupted"
-    if info.publish_state == "publishing":
-        return f"publishing {info.published_cases}/{info.total}"
-    return info.state
-
-
-def _incomplete_text(run_id: str, published: int, total: int) -> str:
-    return (f"published {published:,} of {total:,} cases: `dify-runner resume {run_id}` publishes the rest "
-            "(and runs every case without a final result)")
 
 
 def cmd_wait(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -302,7 +249,7 @@ def cmd_wait(args: argparse.Namespace, console: Console, settings: Settings) -> 
     watched = watch_run(console, store, args.run_id, out_root / args.run_id, not args.no_progress,
                         stall_after=_stall_after(args, settings),
                         workers_alive=_workers_alive(_fleet_app(url, settings)))
-    return _finished(console, store, watched, out_root)
+    return finish_watched(console, store, watched, out_root)
 
 
 def cmd_report(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -316,7 +263,7 @@ def cmd_report(args: argparse.Namespace, console: Console, settings: Settings) -
     if unknown or not formats:
         raise UsageError(f"--format {args.format!r}: unknown format {', '.join(unknown) or '(none)'}; "
                          f"choose from {', '.join(FORMATS)}")
-    return _finish(console, store, info, Path(args.out or settings.runs_dir), formats)
+    return finish_run(console, store, info, Path(args.out or settings.runs_dir), formats)
 
 
 def cmd_compare(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -414,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "again; `dify-runner status` shows it")
         return EXIT_INFRA
     except PublishingIncomplete as exc:
-        error(f"run {exc.run_id!r}: {exc.cause}; " + _incomplete_text(exc.run_id, exc.published, exc.total))
+        error(f"run {exc.run_id!r}: {exc.cause}; " + incomplete_text(exc.run_id, exc.published, exc.total))
         return EXIT_INFRA
     except RunBusy as exc:
         error(str(exc))

@@ -23,49 +23,29 @@ and are written with HSET keyed by task id, so recording a case twice keeps one 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import redis
-from pydantic import BaseModel, ConfigDict
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .models import TaskResult, TestResult
+from .run_state import (  # noqa: F401 - RunInfo and the lifecycle are part of the store's API
+    CLOSED,
+    INTERRUPTED,
+    PUBLISHED,
+    PUBLISHER_TTL_SECONDS,
+    PUBLISHING,
+    RunInfo,
+    this_process,
+)
 from .statistics import BatchSummary, RunStatistics
 
 PREFIX = "dify-runner:"
 LUA = Path(__file__).with_name("lua")
-# The publisher renews its mark at every chord; a mark older than this means it is gone.
-PUBLISHER_TTL_SECONDS = 15
-# Run lifecycle (the ``publish_state`` field): publishing -> published; or publishing ->
-# interrupted (the rest of the plan was never sent: ``resume`` sends it), or publishing ->
-# closed (cancelled while publishing: the cases never sent ended CANCELLED).
-PUBLISHING, PUBLISHED, INTERRUPTED, CLOSED = "publishing", "published", "interrupted", "closed"
-
-
-def this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _process_alive(identity: str) -> bool:
-    """False only when ``identity`` is a process of this host that no longer exists."""
-    host, _, pid = identity.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True  # another machine's process: only its mark's expiry tells
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_key(run_id: str, *parts: object) -> str:
     """The name of one of a run's keys: ``dify-runner:run:{id}[:part...]``."""
     return PREFIX + ":".join(["run", run_id, *map(str, parts)])
@@ -80,51 +60,6 @@ def connect(url: str) -> redis.Redis:
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=30,
     )
-
-
-class RunInfo(BaseModel):
-    """What the store knows of a run."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    run_id: str
-    plan_name: str
-    total: int
-    batch_count: int
-    created_at: datetime
-    state: str = "running"
-    finished_at: datetime | None = None
-    stop_reason: str | None = None
-    statistics: RunStatistics | None = None
-    batches_done: int = 0
-    # The plan's gate: the share of cases that must pass for the run to pass.
-    pass_rate: float = 1.0
-    # Publishing (see PUBLISHING...): runs written before this field existed were published.
-    publish_state: str = PUBLISHED
-    published_batches: int = 0
-    published_cases: int = 0
-    publisher: str | None = None
-    # Set by resume: when it reopened the run, and how many cases had a final result then.
-    resumed_at: datetime | None = None
-    resumed_done: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.state == "finished"
-
-    @property
-    def publishing_incomplete(self) -> bool:
-        """Part of the plan was never sent, and nobody is sending it: ``resume`` must."""
-        if self.publish_state == INTERRUPTED:
-            return True
-        return self.publish_state == PUBLISHING and (self.publisher is None or not _process_alive(self.publisher))
-
-    @property
-    def missing_results(self) -> int:
-        """Cases of the plan without a result in the finished run's statistics."""
-        if self.statistics is None:
-            return 0
-        return max(0, self.total - self.statistics.total_tasks)
 
 
 class RunStore:
