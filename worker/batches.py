@@ -74,6 +74,10 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
     or redelivered callback: storing again would count its cases twice)."""
     if store.batch_done(run_id, batch):
         log.info("run %s batch %d is already done; late results ignored", run_id, batch)
+        # A callback redelivered after its batch was saved but before the run was finished
+        # (its worker died in between) still finishes the run: finalize is idempotent.
+        if batch_count is not None and store.batches_done(run_id) >= batch_count:
+            store.finalize(run_id, batch_count)
         return False
     task_results = batch_task_results(store, run_id, batch, results)
     test_results = ResultConverter.convert_batch(task_results)

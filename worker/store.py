@@ -270,6 +270,9 @@ class RunStore:
         """The TaskResults (JSON) workers stored for a batch, by task id."""
         return {k.decode(): v for k, v in self.redis.hgetall(self._key(run_id, "ended", batch)).items()}
 
+    def batches_done(self, run_id: str) -> int:
+        return int(self.redis.scard(self._key(run_id, "done")))
+
     def batch_done(self, run_id: str, batch: int) -> bool:
         return bool(self.redis.sismember(self._key(run_id, "done"), batch))
 

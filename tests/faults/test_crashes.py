@@ -88,3 +88,21 @@ def test_a_backoff_longer_than_the_visibility_timeout_runs_once(tmp_path: Path, 
     assert progress.get("succeeded") == 1 and progress.get("retries") == 1, progress  # one retry, one ending
     [result] = list(store.iter_task_results(run_id, 1))
     assert result.attempt_count == 2 and result.attempts[0].retry_countdown == 25
+
+
+def test_a_callback_redelivered_after_saving_its_batch_finishes_the_run(store: RunStore) -> None:
+    """A worker killed between storing the last batch and finishing the run: the callback comes
+    back (acks_late), finds its batch done, and must still finish the run."""
+    from datetime import datetime, timezone
+
+    from dify_runner.worker.batches import close_batch
+    from dify_runner.worker.statistics import BatchSummary
+
+    store.create_run("r", "plan", 0, 2, datetime.now(timezone.utc))
+    for batch in (0, 1):
+        store.save_batch("r", batch, [], [], BatchSummary())  # saved; the worker died before finalize
+    info = store.get_run("r")
+    assert info is not None and not info.finished
+    assert close_batch(store, "r", 1, 2, []) is False  # the redelivered callback stores nothing again
+    info = store.get_run("r")
+    assert info is not None and info.finished

@@ -57,6 +57,15 @@ def freeze_at(producer: subprocess.Popen[str], store: RunStore, run_id: str, bat
         time.sleep(0.002)
 
 
+def frozen_run(tmp_path: Path, fleet: Fleet, redis_url: str, moment: float) -> tuple[subprocess.Popen[str], str, int]:
+    """A fleet of two workers and `run` of CASES stub cases, frozen at ``moment`` of publishing."""
+    fleet.start(2, concurrency=4)
+    plan = stub_plan([{"id": f"c{i:04d}"} for i in range(CASES)], execution={"batch_size": BATCH, "concurrency": 8})
+    store = RunStore(redis.Redis.from_url(redis_url))
+    producer, run_id = start_run(tmp_path, redis_url, plan)
+    return producer, run_id, freeze_at(producer, store, run_id, int(CASES / BATCH * moment))
+
+
 def report_of(tmp_path: Path, run_id: str) -> dict:
     return json.loads((tmp_path / "runs" / run_id / "report.json").read_text())
 
@@ -71,11 +80,7 @@ def assert_whole(report: dict, statuses: set[str]) -> None:
 @pytest.mark.parametrize("moment", [0.05, 0.5, 0.85], ids=["early", "middle", "late"])
 def test_producer_killed_while_publishing_then_resume(tmp_path: Path, fleet: Fleet, redis_url: str,
                                                       moment: float) -> None:
-    fleet.start(2, concurrency=4)
-    plan = stub_plan([{"id": f"c{i:04d}"} for i in range(CASES)], execution={"batch_size": BATCH, "concurrency": 8})
-    store = RunStore(redis.Redis.from_url(redis_url))
-    producer, run_id = start_run(tmp_path, redis_url, plan)
-    published = freeze_at(producer, store, run_id, int(CASES / BATCH * moment))
+    producer, run_id, published = frozen_run(tmp_path, fleet, redis_url, moment)
     producer.send_signal(signal.SIGKILL)
     producer.wait()
     assert published < CASES / BATCH  # caught while publishing
@@ -97,11 +102,7 @@ def test_producer_killed_while_publishing_then_resume(tmp_path: Path, fleet: Fle
 def test_interrupt_while_publishing_cancels_the_run(tmp_path: Path, fleet: Fleet, redis_url: str,
                                                     moment: float) -> None:
     """No terminal: SIGINT cancels. Unpublished cases end CANCELLED; the report is whole."""
-    fleet.start(2, concurrency=4)
-    plan = stub_plan([{"id": f"c{i:04d}"} for i in range(CASES)], execution={"batch_size": BATCH, "concurrency": 8})
-    store = RunStore(redis.Redis.from_url(redis_url))
-    producer, run_id = start_run(tmp_path, redis_url, plan)
-    freeze_at(producer, store, run_id, int(CASES / BATCH * moment))
+    producer, run_id, _ = frozen_run(tmp_path, fleet, redis_url, moment)
     producer.send_signal(signal.SIGINT)
     producer.send_signal(signal.SIGCONT)
     out, err = producer.communicate(timeout=120)
