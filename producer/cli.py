@@ -183,6 +183,7 @@ def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -
     create_run(store, manifest, manifest_file=manifest_file)
     print(manifest.run_id, flush=True)
     if publish_or_cancel(console, _fleet_app(url, settings), store, manifest):
+        console.print(f"`dify-runner wait {manifest.run_id}` writes its reports", highlight=False)
         return EXIT_INTERRUPTED
     return EXIT_OK
 

@@ -44,7 +44,7 @@ def publish_or_cancel(console: Console, app: Celery, store: RunStore, manifest: 
         return False
     count = end_unpublished(store, manifest.run_id, unpublished(manifest, sent), manifest.batch_count, guard.reason)
     console.print(f"[yellow]cancelling ({guard.reason}): {count} case(s) never published end CANCELLED; "
-                  "the published ones stop; reports follow[/]", highlight=False)
+                  "the published ones end CANCELLED as workers take them[/]", highlight=False)
     return True
 
 
