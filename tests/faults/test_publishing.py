@@ -151,3 +151,32 @@ def test_two_processes_waiting_on_one_run_write_each_line_once(tmp_path: Path, f
     assert waited.returncode == 0 and producer.returncode == 0, waited.stdout + waited.stderr
     lines = (tmp_path / "runs" / run_id / "results.jsonl").read_text().splitlines()
     assert len(lines) == len({json.loads(line)["execution_id"] for line in lines}) == 200
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_resume_itself_stopped_while_publishing_then_resumed_again(tmp_path: Path, fleet: Fleet, redis_url: str,
+                                                                   signum: int) -> None:
+    """The batches a resume makes are known by their members in Redis: a second resume after
+    the first one died (or was interrupted) part way still runs each case of the plan once."""
+    producer, run_id, _ = frozen_run(tmp_path, fleet, redis_url, 0.05)
+    producer.send_signal(signal.SIGKILL)
+    producer.wait()
+    store = RunStore(redis.Redis.from_url(redis_url))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFY_RUNNER_")}
+    resume = subprocess.Popen(
+        [sys.executable, "-m", "dify_runner", "resume", run_id, "--broker", redis_url, "--out",
+         str(tmp_path / "runs"), "--no-progress"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    planned = CASES // BATCH
+    freeze_at(resume, store, run_id, planned + 100)  # 100 of its own batches out
+    info = store.get_run(run_id)
+    assert info is not None and info.publish_state == "publishing"  # caught while publishing
+    resume.send_signal(signum)
+    resume.send_signal(signal.SIGCONT)
+    out, err = resume.communicate(timeout=120)
+    if signum == signal.SIGINT:
+        assert resume.returncode == 130, out + err
+        assert_whole(report_of(tmp_path, run_id), {"succeeded", "cancelled"})
+    again = cli("resume", run_id, "--broker", redis_url, "--out", str(tmp_path / "runs"), "--no-progress")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert_whole(report_of(tmp_path, run_id), {"succeeded"})
