@@ -3,7 +3,13 @@
 ``resume`` must never run a case twice on a run that is still going: a case whose message
 is alive will end by itself. kombu's Redis transport keeps queued messages in one list per
 priority step and delivered, unacknowledged ones (acks_late: running, or waiting for a
-retry's countdown) in the ``unacked`` hash; ``live_messages.lua`` reads both atomically.
+retry's countdown) in the ``unacked`` hash.
+
+The lists are read in slices (``live_messages.lua``), so Redis is never held for long. A
+message can move while they are read: the unacked hash is read before and after them (a
+queued message delivered meanwhile is there), and the whole reading is done twice and the
+two joined, so a message that moved to a place already read (a retry or a re-queue published
+at the head of the list) in one pass is seen where it rests in the other.
 """
 
 from __future__ import annotations
@@ -43,14 +49,22 @@ def queue_keys(queue: str = QUEUE) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
-def live_messages(app: Celery, run_id: str) -> LiveMessages:
+SLICE = 2000  # list entries per script call: ~0.1 s of Redis at 2.5 KB a message
+
+
+def live_messages(app: Celery, run_id: str, passes: int = 2) -> LiveMessages:
+    """The run's messages found in the broker in any of ``passes`` readings."""
     client = redis.Redis.from_url(app.conf.broker_url)
+    found = LiveMessages()
     try:
         script = client.register_script((LUA / "live_messages.lua").read_text())
-        ids = script(keys=[*queue_keys(), UNACKED], args=[f'"id": "{run_id}:'])
+        needle = f'"id": "{run_id}:'
+        for key in (UNACKED, *queue_keys(), UNACKED) * passes:
+            start = 0
+            while start >= 0:
+                *ids, start = script(keys=[key], args=[needle, start, SLICE])
+                for raw in ids:
+                    found.add(raw.decode() if isinstance(raw, bytes) else str(raw), run_id)
     finally:
         client.close()
-    found = LiveMessages()
-    for raw in ids:
-        found.add(raw.decode() if isinstance(raw, bytes) else str(raw), run_id)
     return found
