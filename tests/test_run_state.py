@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from datetime import datetime, timezone
 
+import pytest
 import redis
 from dify_runner.worker.run_control import Admission, RunGate
 from dify_runner.worker.store import PUBLISHED, PUBLISHING, RunStore
@@ -42,3 +44,21 @@ def test_publishing_is_tracked_and_a_dead_publisher_is_seen(store: RunStore) -> 
     store.end_publishing("r", PUBLISHED)
     info = store.get_run("r")
     assert info is not None and not info.publishing_incomplete and info.publisher is None
+
+
+def test_live_messages_are_found_in_every_slice_of_the_queue_and_in_unacked(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from dify_runner.producer import live_messages as module
+
+    monkeypatch.setattr(module, "SLICE", 3)  # many slices, and one cut at the list's end
+    client = redis.Redis.from_url(redis_url)
+    queued = [json.dumps({"body": "QUFB" * 50, "headers": {"id": f"r1:wf/ds/c{i}:{i // 4}"}}) for i in range(10)]
+    client.lpush("dify-runner", *queued, json.dumps({"body": "", "headers": {"id": "r2:wf/ds/other:0"}}))
+    client.lpush("dify-runner\x06\x163", json.dumps({"body": "", "headers": {"id": "r1:finish:9"}}))
+    running = json.dumps({"body": "", "headers": {"id": "r1:wf/ds/running:5:r1"}})
+    client.hset("unacked", "tag", json.dumps([json.loads(running), "", "dify-runner"]))
+    live = module.live_messages(SimpleNamespace(conf=SimpleNamespace(broker_url=redis_url)), "r1")
+    assert live.cases == {f"wf/ds/c{i}" for i in range(10)} | {"wf/ds/running"}
+    assert live.batches == {0, 1, 2, 5, 9}
