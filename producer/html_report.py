@@ -74,7 +74,9 @@ def write_html(path: Path, run: RunSummary, summary: ReportSummary, cases: HtmlC
     values: dict[str, Any] = {
         "plan_name": escape(run.plan_name),
         "run_id": escape(run.run_id),
-        "verdict": "passed" if run.passed else "not passed",
+        # Never a verdict over fewer results than the plan has cases.
+        "verdict": (f"incomplete: {run.missing_results} of {run.total_cases} cases have no result"
+                    if run.missing_results else "passed" if run.passed else "not passed"),
         "verdict_class": "pass" if run.passed else "fail",
         "created_at": run.created_at.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "finished_at": run.finished_at.strftime("%Y-%m-%d %H:%M:%S %Z") if run.finished_at else "-",

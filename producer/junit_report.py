@@ -51,13 +51,24 @@ class JUnitWriter:
         suite.errors += kind == "Error"
         suite.skipped += kind == "Skipped"
 
-    def write(self, path: Path) -> None:
+    def write(self, path: Path, missing_results: int = 0) -> None:
+        """``missing_results``: cases of the plan without a result. They become one error
+        testcase of their own, so a CI test tab never shows green over an incomplete run."""
         total = {key: sum(getattr(s, key) for s in self.suites.values())
                  for key in ("tests", "failures", "errors", "skipped")}
+        if missing_results:
+            total["tests"] += 1
+            total["errors"] += 1
         seconds = sum(s.time for s in self.suites.values())
         with path.open("wb") as out:
             out.write(b"<?xml version='1.0' encoding='utf-8'?>\n")
             out.write(_tag("testsuites", name=self.plan_name, time=f"{seconds:.6f}", **total))
+            if missing_results:
+                message = f"{missing_results} case(s) of the plan have no result: no verdict"
+                out.write(_tag("testsuite", name="dify-runner", tests=1, failures=0, errors=1, skipped=0, time="0"))
+                out.write(f"<testcase classname=\"dify-runner\" name=\"missing results\" time=\"0\">"
+                          f"<error message={quoteattr(message)} type=\"missing_results\"/></testcase>\n"
+                          "</testsuite>\n".encode())
             for name, suite in self.suites.items():
                 out.write(_tag("testsuite", name=name, tests=suite.tests, failures=suite.failures,
                                errors=suite.errors, skipped=suite.skipped, time=f"{suite.time:.6f}"))

@@ -134,7 +134,7 @@ def write_reports(store: RunStore, info: RunInfo, out_dir: Path, formats: Iterab
             if handle is not None:
                 handle.close()
     if junit is not None:
-        junit.write(out_dir / FILE_NAMES["junit"])
+        junit.write(out_dir / FILE_NAMES["junit"], info.missing_results)
     if cases is not None:
         write_html(out_dir / FILE_NAMES["html"], run, summary, cases)
     return [out_dir / FILE_NAMES[f] for f in FORMATS if f in wanted], summary

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import socket
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import redis
+from dify_runner.worker.converter import ResultConverter
 from dify_runner.worker.run_control import Admission, RunGate
 from dify_runner.worker.store import PUBLISHED, PUBLISHING, RunStore
 
@@ -62,3 +64,27 @@ def test_live_messages_are_found_in_every_slice_of_the_queue_and_in_unacked(
     live = module.live_messages(SimpleNamespace(conf=SimpleNamespace(broker_url=redis_url)), "r1")
     assert live.cases == {f"wf/ds/c{i}" for i in range(10)} | {"wf/ds/running"}
     assert live.batches == {0, 1, 2, 5, 9}
+
+
+def test_every_report_names_missing_results_and_the_exit_code_is_3(tmp_path: Path, store: RunStore,
+                                                                  redis_url: str) -> None:
+    from dify_runner.worker.models import TaskResult, TaskStatus
+    from dify_runner.worker.statistics import BatchSummary
+    from junitparser import JUnitXml
+
+    from .conftest import cli
+
+    store.create_run("short", "plan", 3, 1, datetime.now(timezone.utc))
+    task = TaskResult(task_id="wf/ds/a", workflow_id="wf", task_status=TaskStatus.SUCCEEDED, run_id="short")
+    summary = BatchSummary()
+    summary.add("succeeded", 0.1, 0, 0.0)
+    store.save_batch("short", 0, [task], [ResultConverter.convert(task)], summary)
+    assert store.finalize("short", 1)
+    done = cli("report", "short", "--broker", redis_url, "--out", str(tmp_path))
+    assert done.returncode == 3 and "2 of the plan's 3 cases have no result; no verdict" in done.stdout, done.stdout
+    report = json.loads((tmp_path / "short" / "report.json").read_text())
+    assert report["run"]["missing_results"] == 2 and report["run"]["passed"] is False
+    assert "incomplete: 2 of 3 cases have no result" in (tmp_path / "short" / "report.html").read_text()
+    junit = JUnitXml.fromfile(str(tmp_path / "short" / "junit.xml"))
+    assert junit.errors == 1 and junit.tests == 2
+    assert any(case.name == "missing results" for suite in junit for case in suite)
