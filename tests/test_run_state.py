@@ -88,3 +88,23 @@ def test_every_report_names_missing_results_and_the_exit_code_is_3(tmp_path: Pat
     junit = JUnitXml.fromfile(str(tmp_path / "short" / "junit.xml"))
     assert junit.errors == 1 and junit.tests == 2
     assert any(case.name == "missing results" for suite in junit for case in suite)
+
+
+def test_a_batch_left_live_by_resume_finishes_the_run_only_with_the_resumed_batches(store: RunStore) -> None:
+    """Its chord was published when the run had 2 batches; resume made it 3. Finishing
+    batches 0 and 1 must not finish the run: the count in Redis decides, not the message's."""
+    from dify_runner.worker.batches import close_batch
+
+    store.create_run("grown", "plan", 0, 2, datetime.now(timezone.utc))
+    store.reopen("grown", 3, {}, set())  # what resume does when it adds a batch
+    close_batch(store, "grown", 2, 3, [])  # the resumed batch ends first
+    close_batch(store, "grown", 0, 2, [])
+    close_batch(store, "grown", 1, 2, [])  # the batch resume left live ends last
+    info = store.get_run("grown")
+    assert info is not None and info.finished and info.batch_count == 3
+    store.create_run("grown2", "plan", 0, 2, datetime.now(timezone.utc))
+    store.reopen("grown2", 3, {}, set())
+    close_batch(store, "grown2", 0, 2, [])
+    close_batch(store, "grown2", 1, 2, [])  # old count reached, the resumed batch still runs
+    info = store.get_run("grown2")
+    assert info is not None and not info.finished

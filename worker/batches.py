@@ -72,6 +72,10 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
     """Convert and store one batch, and finish the run if it was the last of ``batch_count``
     (None: never, the caller finishes it); False when the batch was already closed (a late
     or redelivered callback: storing again would count its cases twice)."""
+    if batch_count is not None:
+        # The run's count now, not the one in the chord's message: a resume may have added
+        # batches since this chord was published (its batch was live, so resume left it).
+        batch_count = max(batch_count, store.batch_count(run_id))
     if store.batch_done(run_id, batch):
         log.info("run %s batch %d is already done; late results ignored", run_id, batch)
         # A callback redelivered after its batch was saved but before the run was finished

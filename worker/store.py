@@ -270,6 +270,10 @@ class RunStore:
         """The TaskResults (JSON) workers stored for a batch, by task id."""
         return {k.decode(): v for k, v in self.redis.hgetall(self._key(run_id, "ended", batch)).items()}
 
+    def batch_count(self, run_id: str) -> int:
+        """How many batches the run has now (resume adds some)."""
+        return int(self.redis.hget(self._key(run_id), "batch_count") or 0)
+
     def batches_done(self, run_id: str) -> int:
         return int(self.redis.scard(self._key(run_id, "done")))
 
