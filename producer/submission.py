@@ -127,24 +127,25 @@ def _publishing_through(app: Celery, producer: Any) -> AbstractContextManager[An
 
 def create_run(store: RunStore, manifest: RunManifest, executor: str = "plan",
                manifest_file: Path | None = None) -> None:
-    """Record the run with its plan's case count, and write its whole manifest to disk,
-    before a single message is published: whatever happens to publishing, the run's size
-    and every case it must run are known (``resume`` reads them back)."""
+    """Write the run's whole manifest to disk, then record the run with its plan's case
+    count, before a single message is published: whatever happens to publishing, the run's
+    size and every case it must run are known (``resume`` reads them back). In this order,
+    a producer killed between the two leaves a manifest and no run, which ``resume`` rebuilds;
+    the other order would leave a run that nothing can resume."""
+    if manifest_file is not None:
+        manifest_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = manifest_file.with_name(manifest_file.name + ".partial")
+        with partial.open("w", encoding="utf-8") as out:
+            header = ManifestHeader(run_id=manifest.run_id, plan_name=manifest.plan_name,
+                                    total=len(manifest.cases), batch_size=manifest.execution_policy.batch_size,
+                                    pass_rate=manifest.gates.pass_rate)
+            out.write(header.model_dump_json() + "\n")
+            for messages in case_messages(manifest, executor):
+                out.writelines(m.model_dump_json() + "\n" for m in messages)
+        partial.replace(manifest_file)  # a manifest on disk is always whole
     # The store times the run from now (the manifest's created_at may come from an injected clock).
     store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), manifest.batch_count,
                      datetime.now(timezone.utc), manifest.gates.pass_rate)
-    if manifest_file is None:
-        return
-    manifest_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = manifest_file.with_name(manifest_file.name + ".partial")
-    with partial.open("w", encoding="utf-8") as out:
-        header = ManifestHeader(run_id=manifest.run_id, plan_name=manifest.plan_name, total=len(manifest.cases),
-                                batch_size=manifest.execution_policy.batch_size,
-                                pass_rate=manifest.gates.pass_rate)
-        out.write(header.model_dump_json() + "\n")
-        for messages in case_messages(manifest, executor):
-            out.writelines(m.model_dump_json() + "\n" for m in messages)
-    partial.replace(manifest_file)  # a manifest on disk is always whole
 
 
 def publish_run(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan",
