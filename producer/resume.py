@@ -15,7 +15,6 @@ The cases run again form new batches of the same run, so each case still has one
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,7 +33,6 @@ from .submission import AfterChord, ManifestHeader, publish
 from .summary import task_status_of
 
 KEPT = frozenset({"succeeded", "failed", "timeout", "error"})
-FAILURES = frozenset({"failed", "timeout", "error"})
 
 
 class RunBusy(RuntimeError):
@@ -141,9 +139,7 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
     new_batches = [(old_batches + i, pending[start:start + size])
                    for i, start in enumerate(range(0, len(pending), size))]
     batch_count = plan.batch_count = old_batches + len(new_batches)
-    counts = Counter(final.values())
-    counts["failures"] = sum(n for status, n in counts.items() if status in FAILURES)
-    store.reopen(run_id, batch_count, dict(counts), store.waiting_cases(run_id) & live.cases)
+    store.reopen(run_id, batch_count, store.waiting_cases(run_id) - live.cases)
     for index, messages in new_batches:
         store.set_batch_members(run_id, index, [m.task.task_id for m in messages])
     if not new_batches:

@@ -96,15 +96,28 @@ def test_a_batch_left_live_by_resume_finishes_the_run_only_with_the_resumed_batc
     from dify_runner.worker.batches import close_batch
 
     store.create_run("grown", "plan", 0, 2, datetime.now(timezone.utc))
-    store.reopen("grown", 3, {}, set())  # what resume does when it adds a batch
+    store.reopen("grown", 3, set())  # what resume does when it adds a batch
     close_batch(store, "grown", 2, 3, [])  # the resumed batch ends first
     close_batch(store, "grown", 0, 2, [])
     close_batch(store, "grown", 1, 2, [])  # the batch resume left live ends last
     info = store.get_run("grown")
     assert info is not None and info.finished and info.batch_count == 3
     store.create_run("grown2", "plan", 0, 2, datetime.now(timezone.utc))
-    store.reopen("grown2", 3, {}, set())
+    store.reopen("grown2", 3, set())
     close_batch(store, "grown2", 0, 2, [])
     close_batch(store, "grown2", 1, 2, [])  # old count reached, the resumed batch still runs
     info = store.get_run("grown2")
     assert info is not None and not info.finished
+
+
+def test_reopen_counts_progress_afresh_from_the_final_statuses_in_one_step(store: RunStore) -> None:
+    store.create_run("again", "plan", 4, 1, datetime.now(timezone.utc))
+    for case, status in (("a", "succeeded"), ("b", "failed"), ("c", "timeout"), ("d", "succeeded")):
+        store.record_end("again", 0, case, "{}", status, status != "succeeded")
+    store.retry_scheduled("again", "lost")
+    store.redis.hset("dify-runner:run:again:progress", "succeeded", 99)  # counts gone wrong
+    store.reopen("again", 2, {"lost"})
+    assert store.progress("again") == {"succeeded": 2, "failed": 1, "timeout": 1, "failures": 2, "retries": 1,
+                                       "retries_waiting": 0}
+    info = store.get_run("again")
+    assert info is not None and info.resumed_done == 4 and info.batch_count == 2 and info.state == "running"

@@ -69,6 +69,7 @@ class RunStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._record_end = client.register_script((LUA / "record_end.lua").read_text())
+        self._recount = client.register_script((LUA / "recount.lua").read_text())
 
     def _key(self, run_id: str, *parts: object) -> str:
         return run_key(run_id, *parts)
@@ -166,24 +167,21 @@ class RunStore:
         return ("this Redis keeps nothing on disk (appendonly no, no save points): a Redis restart would lose "
                 "the run's state and results; enable appendonly, or keep the producer's reports")
 
-    def reopen(self, run_id: str, batch_count: int, counts: dict[str, int], waiting: set[str]) -> None:
+    def reopen(self, run_id: str, batch_count: int, stale_waiting: set[str]) -> None:
         """Make a finished, cancelled or stalled run wait for ``batch_count`` batches again, its
-        progress counted afresh (``counts``: final statuses and failures of the cases kept)
-        and only the cases in ``waiting`` still waiting for a retry."""
-        key, progress, waiting_key = self._key(run_id), self._key(run_id, "progress"), self._key(run_id, "waiting")
-        retries = self.redis.hget(progress, "retries")
-        pipe = self.redis.pipeline()
+        progress counted afresh from its final statuses (recount.lua: in the same step as the
+        count is written, so a case ending meanwhile is not lost), and the cases in
+        ``stale_waiting`` (their retry's message is gone) no longer waiting."""
+        key = self._key(run_id)
+        pipe = self.redis.pipeline()  # MULTI: the run reopens in one step
         pipe.hdel(key, "finished_at", "statistics", "stop_reason")
         pipe.hset(key, mapping={"state": "running", "batch_count": batch_count,
-                                "resumed_at": datetime.now(timezone.utc).isoformat(),
-                                "resumed_done": sum(n for status, n in counts.items() if status != "failures")})
-        pipe.delete(self._key(run_id, "cancel"), progress, waiting_key)
-        values = {**counts, "retries": int(retries or 0)}
-        pipe.hset(progress, mapping=values)
-        pipe.expire(progress, self.ttl)
-        if waiting:
-            pipe.sadd(waiting_key, *waiting)
-            pipe.expire(waiting_key, self.ttl)
+                                "resumed_at": datetime.now(timezone.utc).isoformat()})
+        pipe.delete(self._key(run_id, "cancel"))
+        self._recount(keys=[self._key(run_id, "final"), self._key(run_id, "progress"), key], args=[self.ttl],
+                      client=pipe)
+        if stale_waiting:
+            pipe.srem(self._key(run_id, "waiting"), *stale_waiting)
         pipe.execute()
 
     def next_resume_round(self, run_id: str) -> int:
