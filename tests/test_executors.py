@@ -104,12 +104,23 @@ def test_a_cancelled_token_cancels_every_case(tmp_path: Path) -> None:
 
 
 def test_cancel_from_another_thread_mid_run(tmp_path: Path) -> None:
+    """Another thread cancels once two cases have run (a count, not a timer: under load the
+    embedded default may not have started a case within any fixed delay)."""
     token = CancellationToken()
-    timer = threading.Timer(0.5, token.cancel)
-    timer.start()
-    result = StubExecutor(simulated_delay=0.2).run_manifest(
+    ran, two_ran = [], threading.Event()
+
+    def execution(task):  # noqa: ANN001, ANN202 - the seed's signature
+        ran.append(task.task_id)
+        if len(ran) >= 2:
+            two_ran.set()
+        threading.Event().wait(0.2)
+        return {"status": "succeeded", "outputs": {}}
+
+    canceller = threading.Thread(target=lambda: two_ran.wait(60) and token.cancel())
+    canceller.start()
+    result = ConcurrentExecutor(task_execution_func=execution).run_manifest(
         manifest(tmp_path, n=40, concurrency=2, batch_size=5), cancellation_token=token)
-    timer.join()
+    canceller.join()
     stats = result.statistics
     assert stats.total_tasks == 40
     assert 0 < stats.cancelled_tasks < 40
