@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .expectations import Expectations, Gates
+from .settings import mask_url
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
@@ -24,10 +25,6 @@ MOCK_TARGET = "mock"
 
 Behavior = Literal["success", "failure", "timeout", "error"]
 _FLAKY = re.compile(r"^flaky:(\d{1,3})$")
-
-
-def _masked(url: str) -> str:
-    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
 
 
 class StrictModel(BaseModel):
@@ -142,7 +139,7 @@ class WorkflowConfig(StrictModel):
         if "@" in urlsplit(value).netloc:
             # It would be written into manifests and reports, and httpx would send it as Basic
             # auth in place of the key. The shown value never repeats the secret.
-            raise ValueError(f"must not hold credentials (user:password@), got {_masked(value)!r}: the API key "
+            raise ValueError(f"must not hold credentials (user:password@), got {mask_url(value)!r}: the API key "
                              "comes from api_key_env")
         return value.rstrip("/")
 

@@ -13,10 +13,15 @@ ENV_PREFIX = "DIFY_RUNNER_"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
 
 
+def mask_url(url: str) -> str:
+    """The URL with its credentials (``user:password@``) hidden, for messages and logs."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
 def check_redis_url(url: str) -> str:
     """``url`` if it is a Redis URL Celery and redis-py can use; ValueError (without the
     URL's password) otherwise."""
-    shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    shown = mask_url(url)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number

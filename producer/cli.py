@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,7 @@ from rich.console import Console
 
 from ..config.errors import PlanError
 from ..config.loader import LoadedPlan, format_validation_error, load_plan
-from ..config.settings import ENV_PREFIX, Settings
+from ..config.settings import ENV_PREFIX, Settings, mask_url
 from ..worker.store import RunInfo, RunStore, connect
 from .cli_parser import build_parser
 from .compare import Thresholds, compare, print_comparison, resolve_report
@@ -51,11 +50,6 @@ MANIFEST_FILE = "manifest.jsonl"
 
 class UsageError(Exception):
     """Arguments that do not fit together (exit 2)."""
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced, for messages and logs."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str]) -> list[str]:
