@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from .datasets import read_case_file
 from .errors import PlanError, read_user_file
 from .plan import CaseConfig, TestPlan
+from .settings import key_variable_refusal
 
 MAX_PLAN_BYTES = 10 * 1024 * 1024
 # A plan is data for a person to read. YAML aliases can make a small file expand into
@@ -55,6 +57,10 @@ def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedP
 
     cases: dict[str, list[CaseConfig]] = {}
     problems: list[str] = []
+    for index, workflow in enumerate(plan.workflows):
+        refusal = key_variable_refusal(workflow.api_key_env, os.environ) if workflow.api_key_env else None
+        if refusal is not None:
+            problems.append(f"workflows[{index}].api_key_env = {workflow.api_key_env!r}: {refusal}")
     for index, dataset in enumerate(plan.datasets):
         resolved = list(dataset.cases)
         if dataset.file is not None:

@@ -40,9 +40,19 @@ class RetryPolicy(StrictModel):
     backoff_seconds: float = Field(2.0, ge=0, le=3600, strict=True)
     backoff_multiplier: float = Field(1.5, ge=1.0, le=100, strict=True)
 
+    # Answers refusing to start a run for load (the app's concurrency limit, a quota) that one
+    # case waits through before it ends ERROR; they are not attempts.
+    max_throttled: int = Field(100, ge=1, le=100_000, strict=True)
+
     def countdown(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
         return self.backoff_seconds * self.backoff_multiplier ** (attempt - 1)
+
+    def throttle_wait(self, throttled: int, retry_after: float | None = None) -> float:
+        """The fleet-wide cooldown after a case's ``throttled``-th refusal for load: the
+        backoff, kept between 0.1 s (never a hot loop) and 30 s, at least Retry-After."""
+        wait = min(30.0, max(0.1, self.countdown(throttled)))
+        return max(wait, retry_after or 0.0)
 
 
 class StopConditions(StrictModel):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,11 +13,33 @@ from pydantic import BaseModel, Field, field_validator
 
 ENV_PREFIX = "DIFY_RUNNER_"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+socket")
+# Which environment variables a plan's api_key_env may name (a worker sends that variable's
+# value to the plan's base_url, and a plan is a shared file): comma-separated glob patterns
+# in this variable replace the default; DIFY_RUNNER_* (the runner's own settings) never.
+KEY_VARIABLES_ENV = ENV_PREFIX + "KEY_VARIABLES"
+DEFAULT_KEY_VARIABLES = ("*DIFY*KEY*",)
 
 
 def mask_url(url: str) -> str:
     """The URL with its credentials (``user:password@``) hidden, for messages and logs."""
     return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
+def key_variable_refusal(name: str, environ: Mapping[str, str]) -> str | None:
+    """Why a worker must not send variable ``name`` as an API key ("is ..."), or None when it may.
+
+    The rule: the name matches one of the patterns in DIFY_RUNNER_KEY_VARIABLES (default
+    ``*DIFY*KEY*``: DIFY_API_KEY, SUPPORT_DIFY_KEY, ...) and does not start with DIFY_RUNNER_.
+    """
+    raw = environ.get(KEY_VARIABLES_ENV, "")
+    patterns = tuple(p.strip() for p in raw.split(",") if p.strip()) or DEFAULT_KEY_VARIABLES
+    rule = (f"API keys are read only from variables matching {', '.join(patterns)} "
+            f"({KEY_VARIABLES_ENV} on the workers), never from {ENV_PREFIX}*")
+    if name.startswith(ENV_PREFIX):
+        return f"is one of dify-runner's own settings, not an API key: {rule}"
+    if not any(fnmatchcase(name, pattern) for pattern in patterns):
+        return f"is not a variable meant to hold a Dify API key: {rule}"
+    return None
 
 
 def check_redis_url(url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from ..config.errors import PlanError
 from ..config.loader import LoadedPlan, format_validation_error, load_plan
+from ..config.manifest import RunManifest
 from ..config.settings import ENV_PREFIX, Settings, mask_url
 from ..worker.store import RunInfo, RunStore, connect
 from .cli_parser import build_parser
@@ -38,6 +40,7 @@ from .outcome import (
     publish_or_cancel,
     state_text,
 )
+from .preflight import preflight
 from .progress import cases_done, counts_text
 from .reports import FORMATS
 from .resume import RunBusy, resume_run
@@ -59,8 +62,8 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
     for workflow in plan.workflows:
         if workflow.api_key_env and not environ.get(workflow.api_key_env):
             warnings.append(
-                f"workflow {workflow.id!r}: {workflow.api_key_env} is not set here; "
-                "workers need it in their environment"
+                f"workflow {workflow.id!r}: {workflow.api_key_env} is not set here; workers need it in their "
+                "environment (and preflight cannot ask this workflow's Dify without it)"
             )
     longest = plan.execution.stop_conditions.timeout_per_task + HARD_LIMIT_GRACE
     if longest >= settings.visibility_timeout:
@@ -70,6 +73,14 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
             "hand a running case to a second worker"
         )
     return warnings
+
+
+def _preflight(args: argparse.Namespace, console: Console, manifest: RunManifest, keys_required: bool) -> None:
+    """Ask each workflow's Dify before anything is published (producer/preflight.py)."""
+    if getattr(args, "no_preflight", False):
+        return
+    for warning in preflight(args.plan, manifest.workflows, manifest.cases, os.environ, keys_required=keys_required):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
 def _load(args: argparse.Namespace, console: Console, settings: Settings) -> LoadedPlan:
@@ -135,6 +146,8 @@ def _stall_after(args: argparse.Namespace, settings: Settings) -> float | None:
 def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     loaded = _load(args, console, settings)
     plan = loaded.plan
+    if args.remote:
+        _preflight(args, console, expand(loaded), keys_required=True)
     console.print(
         f"plan {plan.name!r} is valid: {len(plan.workflows)} workflow(s), {len(plan.datasets)} dataset(s), "
         f"{loaded.case_count} case(s) after expansion",
@@ -155,6 +168,7 @@ def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> i
         fleet = where.startswith("the fleet")
         if fleet:
             _warn_persistence(console, store)
+        _preflight(args, console, manifest, keys_required=not fleet)
         create_run(store, manifest, manifest_file=out_root / manifest.run_id / MANIFEST_FILE)
         # The run id comes first: whatever happens to publishing, the run can be found.
         console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
@@ -173,6 +187,7 @@ def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -
     manifest = expand(loaded, consume=True)
     store = _fleet_store(url, settings)
     _warn_persistence(console, store)
+    _preflight(args, console, manifest, keys_required=False)
     manifest_file = Path(args.out or settings.runs_dir) / manifest.run_id / MANIFEST_FILE
     create_run(store, manifest, manifest_file=manifest_file)
     print(manifest.run_id, flush=True)
@@ -303,10 +318,11 @@ def cmd_worker(args: argparse.Namespace, console: Console, settings: Settings) -
 def cmd_mock_dify(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     from ..mockdify.server import MockOptions, serve
 
-    rate = args.rate_limit.removesuffix("/s") if args.rate_limit else None
     options = MockOptions(
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, fail_rate=args.fail_rate,
-        rate_limit=float(rate) if rate else None, concurrency_limit=args.concurrency_limit,
+        concurrency_limit=args.concurrency_limit, limit_style=args.limit_style, quota=args.quota,
+        max_execution_time=args.max_execution_time, app_mode=args.app_mode,
+        input_form=json.loads(args.input_form) if args.input_form else None,
         api_keys=args.api_key or os.environ.get("MOCK_DIFY_API_KEYS", "app-mock").split(","),
         ping_interval=args.ping_interval, price_format=args.price_format, retry_after=args.retry_after,
     )

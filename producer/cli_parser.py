@@ -40,6 +40,12 @@ def add_waiting_options(p: argparse.ArgumentParser) -> None:
                    help="exit 3 when no case ends for this long (default: twice the visibility timeout; 0: never)")
 
 
+def add_preflight_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-preflight", action="store_true",
+                   help="publish without first asking each workflow's Dify (GET /info and /parameters) whether its "
+                   "key, URL, app mode and input form fit the plan")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dify-runner",
@@ -66,10 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
     add_plan(p)
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    add_preflight_option(p)
     add_waiting_options(p)
     p = add("submit", "validate a plan and submit it to the fleet; prints the run id and returns")
     add_plan(p)
     p.add_argument("--out", metavar="DIR", help="the run's manifest (for resume) goes to DIR/<run_id>/")
+    add_preflight_option(p)
     p = add("resume", "run again the cases of a run that have no final result, then wait and report")
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--retry-failed", action="store_true", help="also run FAILED, ERROR and TIMEOUT cases again")
@@ -109,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"rise of the mean cost per case allowed, relative ({LIMITS.max_cost_increase:g})")
     p = sub.add_parser("validate", help="check a plan and its data files without running it")
     add_plan(p)
+    p.add_argument("--remote", action="store_true",
+                   help="also ask each workflow's Dify (GET /info and /parameters, with the key from this "
+                   "environment) whether the key, URL, app mode and every case's inputs fit")
     p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
     p.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent", "solo"])
     p.add_argument("--concurrency", type=int, default=20)
@@ -121,8 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-ms", type=float, default=100)
     p.add_argument("--jitter-ms", type=float, default=20)
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of runs that end with status failed")
-    p.add_argument("--rate-limit", metavar="N/s", help="runs per second before 429 rate_limit_error")
-    p.add_argument("--concurrency-limit", type=int, metavar="N", help="runs in flight before 429 too_many_requests")
+    p.add_argument("--concurrency-limit", type=int, metavar="N",
+                   help="runs in flight before the app's limit refuses more (see --limit-style)")
+    p.add_argument("--limit-style", choices=["dify1", "429"], default="dify1",
+                   help="how that limit answers: dify1 = HTTP 400 invalid_param 'Too many requests...' (Dify 1.x, "
+                   "default); 429 = 429 too_many_requests (older Dify)")
+    p.add_argument("--quota", type=int, metavar="N", help="runs accepted before every run gets 429 rate_limit_error "
+                   "(Dify Cloud's spent workflow quota)")
+    p.add_argument("--max-execution-time", type=float, metavar="S",
+                   help="stop runs older than S seconds as Dify's APP_MAX_EXECUTION_TIME does (status stopped)")
+    p.add_argument("--app-mode", default="workflow", help="the app mode /info reports (e.g. chat, advanced-chat)")
+    p.add_argument("--input-form", metavar="JSON", help="the user_input_form /parameters reports (a JSON list)")
     p.add_argument("--api-key", action="append", help="accepted API key (repeatable; default $MOCK_DIFY_API_KEYS "
                    "or app-mock)")
     p.add_argument("--ping-interval", type=float, default=10.0, help="seconds between SSE pings")

@@ -30,6 +30,9 @@ def print_summary(console: Console, run: RunSummary, summary: ReportSummary) -> 
 
     counts = ", ".join(f"{status} {n}" for status, n in stats.counts_by_status().items() if n)
     console.print(f"{counts or 'no cases'}; duration {stats.total_duration:.2f} s", highlight=False)
+    load = load_text(stats)
+    if load:
+        console.print(load, markup=False, highlight=False)
     if summary.failures_by_class:
         console.print("failures by class: " + ", ".join(f"{kind} {n}" for kind, n in summary.failures_by_class.items()),
                       markup=False, highlight=False)
@@ -60,3 +63,15 @@ def _cells(s: RunStatistics) -> list[str]:
     cost = f"{s.total_cost:.4f}" + ("?" if s.cost_unknown_tasks else "")
     return [str(s.total_tasks), f"{s.success_rate:.1%}", number_text(s.latency_p50), number_text(s.latency_p95),
             number_text(s.latency_p99), str(s.total_tokens), cost]
+
+
+def load_text(stats: RunStatistics) -> str | None:
+    """What Dify's load cost the run: answers waited out, runs stopped in Dify (None: nothing)."""
+    parts = []
+    if stats.throttled_answers:
+        parts.append(f"{stats.throttled_answers} throttled answers waited out (no attempt spent)")
+    if stats.dify_stops:
+        failed = f", {stats.dify_stop_failures} of them failed: those runs may go on in Dify" \
+            if stats.dify_stop_failures else ""
+        parts.append(f"{stats.dify_stops} abandoned runs stopped in Dify{failed}")
+    return "Dify: " + "; ".join(parts) if parts else None

@@ -241,7 +241,7 @@ class InProcessWorker:
         self.stop()
 
 
-MOCK_KEY_ENV = "DIFY_RUNNER_MOCK_API_KEY"
+MOCK_KEY_ENV = "DIFY_MOCK_API_KEY"
 
 
 @contextmanager
@@ -250,7 +250,7 @@ def mock_targets(manifest: RunManifest) -> Iterator[RunManifest]:
 
     Yields the manifest with those workflows pointed at it. The mock gets a fresh API key,
     put in this process's environment under the workflow's ``api_key_env`` (default
-    DIFY_RUNNER_MOCK_API_KEY), where the in-process worker reads it like any key.
+    DIFY_MOCK_API_KEY), where the in-process worker reads it like any key.
     """
     if not any(w.is_mock for w in manifest.workflows):
         yield manifest

@@ -39,7 +39,7 @@ def test_timestamp_is_when_the_final_attempt_started(tmp_path: Path, app: Celery
 
 def test_building_the_http_client_is_not_the_targets_latency(mock_dify: MockDifyProcess,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MOCK_KEY", "app-mock")
+    monkeypatch.setenv("MOCK_DIFY_KEY", "app-mock")
     built: list[datetime] = []
 
     def fresh_client() -> DifyClient:  # a worker's first case: the pool does not exist yet
@@ -50,7 +50,7 @@ def test_building_the_http_client_is_not_the_targets_latency(mock_dify: MockDify
     message = CaseMessage(
         run_id="r", batch=0, policy=AttemptPolicy(),
         task=Task(task_id="wf/ds/a", workflow_id="wf", dataset="ds", case_id="a", parameters={"q": "hi"}),
-        workflow=WorkflowConfig(id="wf", base_url=mock_dify.base_url, api_key_env="MOCK_KEY",
+        workflow=WorkflowConfig(id="wf", base_url=mock_dify.base_url, api_key_env="MOCK_DIFY_KEY",
                                 response_mode="blocking"),
     )
     outcome = run_attempt(message, 1, fresh_client)

@@ -19,8 +19,8 @@ def test_a_run_against_the_mock(
     tmp_path: Path, app: Celery, store: RunStore, worker: InProcessWorker, mock_dify: MockDifyProcess,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("MOCK_KEY", "app-mock")
-    monkeypatch.setenv("WRONG_KEY", "app-wrong")
+    monkeypatch.setenv("MOCK_DIFY_KEY", "app-mock")
+    monkeypatch.setenv("WRONG_DIFY_KEY", "app-wrong")
     cases = [
         {"id": "ok", "inputs": {"query": "hi", "_mock": {"llm_nodes": 2, "price_format": "string"}}},
         {"id": "failed-run", "inputs": {"_mock": {"status": "failed"}}},
@@ -29,11 +29,12 @@ def test_a_run_against_the_mock(
                                                  "retry_after": 0.2}}},
         {"id": "server-error", "inputs": {"_mock": {"error": {"http_status": 502, "code": "bad_gateway"}}}},
     ]
-    plan = stub_plan(cases, execution={"retry_policy": {"max_attempts": 2, "backoff_seconds": 0.05}})
+    plan = stub_plan(cases, execution={"retry_policy": {"max_attempts": 2, "backoff_seconds": 0.05,
+                                                        "max_throttled": 3}})
     plan["workflows"] = [
-        {"id": "stream", "base_url": mock_dify.base_url, "api_key_env": "MOCK_KEY"},
-        {"id": "block", "base_url": mock_dify.base_url, "api_key_env": "MOCK_KEY", "response_mode": "blocking"},
-        {"id": "wrong", "base_url": mock_dify.base_url, "api_key_env": "WRONG_KEY", "response_mode": "blocking"},
+        {"id": "stream", "base_url": mock_dify.base_url, "api_key_env": "MOCK_DIFY_KEY"},
+        {"id": "block", "base_url": mock_dify.base_url, "api_key_env": "MOCK_DIFY_KEY", "response_mode": "blocking"},
+        {"id": "wrong", "base_url": mock_dify.base_url, "api_key_env": "WRONG_DIFY_KEY", "response_mode": "blocking"},
     ]
     plan["datasets"][0]["workflows"] = ["stream", "block"]
     plan["datasets"].append({"name": "auth", "workflows": ["wrong"], "cases": [{"id": "wrong-key"}]})
@@ -55,8 +56,12 @@ def test_a_run_against_the_mock(
     bad = results["block/ds/bad-param"]
     assert bad.task_status is TaskStatus.FAILED and bad.attempt_count == 1  # permanent: not retried
     assert "invalid_param" in (bad.error_message or "")
+    # A throttle is waited out (at least Retry-After) and spends no attempt; this one never
+    # clears, so the case ends ERROR after max_throttled refusals, never FAILED.
     throttled = results["stream/ds/throttled"]
-    assert throttled.attempt_count == 2 and throttled.attempts[0].retry_countdown == 0.2  # Retry-After > backoff
+    assert throttled.task_status is TaskStatus.ERROR and throttled.attempt_count == 0 and throttled.throttled == 3
+    assert "refused to start it 3 times" in (throttled.error_message or "")
+    assert info.statistics.throttled_answers == 6  # 3 each for the streaming and the blocking case
     server_error = results["block/ds/server-error"]
     assert server_error.task_status is TaskStatus.ERROR and server_error.attempt_count == 2
     wrong = results["wrong/auth/wrong-key"]
@@ -71,9 +76,9 @@ def test_cancelling_a_run_stops_its_streaming_calls_in_dify(
 ) -> None:
     import threading
 
-    monkeypatch.setenv("MOCK_KEY", "app-mock")
+    monkeypatch.setenv("MOCK_DIFY_KEY", "app-mock")
     plan = stub_plan([{"id": f"slow{i}", "inputs": {"_mock": {"latency_ms": 5000}}} for i in range(3)])
-    plan["workflows"] = [{"id": "stream", "base_url": mock_dify.base_url, "api_key_env": "MOCK_KEY"}]
+    plan["workflows"] = [{"id": "stream", "base_url": mock_dify.base_url, "api_key_env": "MOCK_DIFY_KEY"}]
     manifest = manifest_for(tmp_path, plan)
     timer = threading.Timer(0.7, lambda: store.cancel(manifest.run_id, "cancelled by test"))
     timer.start()

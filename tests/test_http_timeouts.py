@@ -78,12 +78,12 @@ def test_a_stalled_answer_ends_timeout_in_time(
     tmp_path: Path, app: Celery, store: RunStore, worker: InProcessWorker,
     stalling_server: StallingServer, mode: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("STALL_TEST_KEY", "app-test")
+    monkeypatch.setenv("STALL_DIFY_KEY", "app-test")
     plan = stub_plan([{"id": "stalled", "inputs": {"q": "x"}}],
                      execution={"retry_policy": {"max_attempts": 1},
                                 "stop_conditions": {"timeout_per_task": TIMEOUT}})
     plan["workflows"] = [{"id": "wf", "base_url": f"http://127.0.0.1:{stalling_server.port}/v1",
-                          "api_key_env": "STALL_TEST_KEY", "response_mode": mode}]
+                          "api_key_env": "STALL_DIFY_KEY", "response_mode": mode}]
     manifest = manifest_for(tmp_path, plan)
     info = run_manifest(app, store, manifest, timeout=30)
     result = next(store.iter_task_results(manifest.run_id, info.batch_count))

@@ -97,13 +97,13 @@ def test_a_missing_api_key_variable_is_an_error_naming_it_and_is_not_retried(
     tmp_path: Path, app: Celery, store: RunStore, worker: InProcessWorker
 ) -> None:
     plan = stub_plan([{"id": "a"}], execution={"retry_policy": FAST_RETRY})
-    plan["workflows"] = [{"id": "wf", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "DIFY_RUNNER_TEST_UNSET_KEY"}]
+    plan["workflows"] = [{"id": "wf", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "UNSET_TEST_DIFY_KEY"}]
     manifest = manifest_for(tmp_path, plan)
     info = run_manifest(app, store, manifest)
     result = results_by_case(store, manifest.run_id, info.batch_count)["a"]
     assert result.task_status is TaskStatus.ERROR
     assert result.attempt_count == 1
-    assert "DIFY_RUNNER_TEST_UNSET_KEY" in (result.error_message or "")
+    assert "UNSET_TEST_DIFY_KEY" in (result.error_message or "")
 
 
 def test_cancelling_before_start_ends_every_case_cancelled(

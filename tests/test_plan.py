@@ -88,9 +88,9 @@ def test_batches_follow_batch_size(tmp_path: Path) -> None:
 
 
 def test_manifest_carries_no_api_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECRET_KEY_VAR", "app-very-secret-value")
+    monkeypatch.setenv("SECRET_DIFY_KEY_VAR", "app-very-secret-value")
     plan = stub_plan([{"id": "a"}])
-    plan["workflows"] = [{"id": "wf", "base_url": "https://dify.example/v1", "api_key_env": "SECRET_KEY_VAR"}]
+    plan["workflows"] = [{"id": "wf", "base_url": "https://dify.example/v1", "api_key_env": "SECRET_DIFY_KEY_VAR"}]
     manifest = expand(load_plan(write_plan(tmp_path, plan)))
     assert "app-very-secret-value" not in manifest.model_dump_json()
 

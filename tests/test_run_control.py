@@ -22,13 +22,13 @@ from dify_runner.mockdify.process import MockDifyProcess
 from .conftest import Fleet, cli, stub_plan, wait_finished, write_plan
 
 pytestmark = pytest.mark.fleet
-WORKER_ENV = {"MOCK_KEY": "app-mock"}
+WORKER_ENV = {"MOCK_DIFY_KEY": "app-mock"}
 
 
 def mock_plan(mock: MockDifyProcess, n: int, behaviour: dict, **execution: object) -> dict:
     plan = stub_plan([{"id": f"c{i:03d}", "inputs": {"q": i, "_mock": behaviour}} for i in range(n)],
                      execution={"batch_size": 20, **execution})
-    plan["workflows"] = [{"id": "wf", "base_url": mock.base_url, "api_key_env": "MOCK_KEY"}]
+    plan["workflows"] = [{"id": "wf", "base_url": mock.base_url, "api_key_env": "MOCK_DIFY_KEY"}]
     return plan
 
 

@@ -88,7 +88,7 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
     summary = BatchSummary()
     for task_result, test_result in zip(task_results, test_results, strict=True):
         summary.add(task_result.task_status.value, task_result.execution_time, test_result.tokens_used,
-                    test_result.cost)
+                    test_result.cost, test_result.metadata)
     done = store.save_batch(run_id, batch, task_results, test_results, summary)
     if batch_count is not None and done >= batch_count and store.finalize(run_id, batch_count):
         log.info("run %s finished (%d batches)", run_id, batch_count)

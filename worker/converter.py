@@ -50,6 +50,7 @@ class ResultConverter:
                 "task_status": task_result.task_status.value,
                 "case_id": task_result.case_id,
                 "run_id": task_result.run_id,
+                **_load_figures(task_result),
             },
         )
 
@@ -58,3 +59,17 @@ class ResultConverter:
         if task_results is None:
             raise ValueError("task_results cannot be None")
         return [ResultConverter.convert(result) for result in task_results]
+
+
+def _load_figures(task_result: TaskResult) -> dict[str, int]:
+    """Throttled answers and stops in Dify, kept in the TestResult for the run's figures."""
+    figures = {}
+    if task_result.throttled:
+        figures["throttled"] = task_result.throttled
+    stops = [a.dify_stop for a in task_result.attempts if a.dify_stop]
+    if stops:
+        figures["dify_stops"] = len(stops)
+        failed = sum(1 for s in stops if s != "stopped")
+        if failed:
+            figures["dify_stop_failures"] = failed
+    return figures

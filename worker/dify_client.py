@@ -17,24 +17,14 @@ import httpx
 
 from ..config.plan import WorkflowConfig
 from .deadline import Deadline, SocketWatchdog
+from .dify_answers import PERMANENT_CODES, AnswerKind, classify
 from .exceptions import DifyRunnerError, TaskCancelledException, TaskExecutionException, TaskTimeoutException
 
-# 4xx codes that will not heal on retry: the plan or the app needs fixing.
-PERMANENT_CODES = frozenset(
-    {
-        "invalid_param",
-        "not_workflow_app",
-        "app_unavailable",
-        "provider_not_initialize",
-        "provider_quota_exceeded",
-        "model_currently_not_support",
-        "unauthorized",
-        "forbidden",
-        "not_found",
-        "bad_request",
-    }
-)
+__all__ = ["PERMANENT_CODES", "AnswerKind", "ConfigurationError", "DifyAPIError", "DifyClient", "DifyServerError"]
+
 CONNECT_TIMEOUT = 10.0
+# A stop is cleanup after the attempt's deadline: it gets its own short budget.
+STOP_TIMEOUT = 5.0
 # How often an attempt in flight asks whether its run was cancelled.
 STOP_CHECK_INTERVAL = 0.5
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -44,11 +34,29 @@ class DifyAPIError(TaskExecutionException):
     """Dify answered with an error body ``{code, message, status}``: status FAILED."""
 
     def __init__(self, http_status: int, code: str, message: str, *, retry_after: float | None = None) -> None:
-        retryable = http_status == 429 or (code not in PERMANENT_CODES and http_status not in (401, 403, 404))
-        super().__init__(f"HTTP {http_status} {code}: {message}", retryable=retryable)
+        self.kind = classify(http_status, code, message)
+        super().__init__(f"HTTP {http_status} {code}: {message}", retryable=self.kind.retryable)
         self.http_status = http_status
         self.code = code
         self.retry_after = retry_after
+
+
+class DifyPausedError(TaskExecutionException):
+    """The run paused at a Human Input node (``workflow_paused``; blocking: status ``paused``).
+
+    FAILED, not retried: nobody will answer it, and each retry would leave another paused run.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+class DifyStoppedError(TaskTimeoutException):
+    """Dify stopped the run although dify-runner did not ask: its APP_MAX_EXECUTION_TIME limit
+    publishes a user stop (``api/core/app/apps/base_app_queue_manager.py``). TIMEOUT, not retried:
+    the next attempt would run as long."""
+
+    retryable = False
 
 
 class DifyServerError(DifyRunnerError):
@@ -62,10 +70,16 @@ class DifyServerError(DifyRunnerError):
 class ConfigurationError(DifyRunnerError):
     """The worker cannot run the case as configured (e.g. the API key variable is unset).
 
-    Status ERROR, not retried: the next attempt would find the same environment.
+    Status ERROR, not retried: the next attempt would find the same environment. ``kind``
+    REJECTED (a key missing or refused): like a rejected key, a workflow whose first attempts
+    all end so stops the run.
     """
 
     retryable = False
+
+    def __init__(self, message: str, *, kind: AnswerKind | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DifyClient:
@@ -102,12 +116,26 @@ class DifyClient:
 
         def stop_in_dify() -> None:
             task_id = result.get("dify_task_id")
-            if task_id:  # only a streaming run can be stopped (and only once it started)
-                try:
-                    self.stop(workflow, api_key, str(task_id))
-                except httpx.HTTPError:
-                    pass  # cancelled on our side either way; Dify may finish the run
+            if task_id and "dify_stop" not in result:  # only a started streaming run can be stopped
+                result["dify_stop"] = self.stop_quietly(workflow, api_key, str(task_id))
 
+        try:
+            return self._call(workflow, body, headers, timeout, deadline, started, result, stop_in_dify,
+                              on_started, should_stop)
+        except BaseException as exc:
+            # Abandoned after workflow_started (a timeout, a broken stream, a soft time limit):
+            # Dify goes on running (and billing) the run unless it is told to stop.
+            if not result.get("ended"):
+                stop_in_dify()
+            if "dify_stop" in result:
+                exc.dify_stop = result["dify_stop"]  # type: ignore[attr-defined]
+            raise
+
+    def _call(
+        self, workflow: WorkflowConfig, body: dict[str, Any], headers: dict[str, str], timeout: httpx.Timeout,
+        deadline: Deadline, started: float, result: dict[str, Any], stop_in_dify: Callable[[], None],
+        on_started: Callable[[str], None] | None, should_stop: Callable[[], bool] | None,
+    ) -> dict[str, Any]:
         try:
             with self.http.stream(
                 "POST", f"{workflow.base_url}/workflows/run", json=body, headers=headers, timeout=timeout
@@ -122,8 +150,10 @@ class DifyClient:
                             parsed = _parse_blocking(_read_body(response, deadline))
                         else:
                             parsed = _parse_stream(response, deadline, started, on_started, result)
+                        result["ended"] = True  # Dify ended the run: nothing left to stop
                         if watchdog.cancelled:  # Dify may answer "stopped" before the socket is shut
                             raise TaskCancelledException("run cancelled: the call to Dify was stopped")
+                        _check_final_status(parsed)
                         return parsed
                     except (httpx.TransportError, DifyServerError):
                         if watchdog.cancelled:
@@ -137,13 +167,41 @@ class DifyClient:
             raise DifyServerError(f"{type(exc).__name__}: {exc or 'connection failed'}") from None
 
     def stop(self, workflow: WorkflowConfig, api_key: str, task_id: str) -> None:
-        """Ask Dify to stop a streaming run (``POST /workflows/tasks/{task_id}/stop``)."""
-        self.http.post(
+        """Ask Dify to stop a streaming run (``POST /workflows/tasks/{task_id}/stop``, body
+        ``{user}``: Dify stops only a task of that user, ``api/controllers/service_api/app/
+        workflow.py``). Raises httpx.HTTPError when Dify did not answer 2xx."""
+        response = self.http.post(
             f"{workflow.base_url}/workflows/tasks/{task_id}/stop",
             json={"user": workflow.user},
             headers={"Authorization": f"Bearer {api_key}"},
-            timeout=CONNECT_TIMEOUT,
+            timeout=STOP_TIMEOUT,
         )
+        response.raise_for_status()
+
+    def stop_quietly(self, workflow: WorkflowConfig, api_key: str, task_id: str) -> str:
+        """Stop a run; "stopped", or "stop failed: why" (the case goes on either way)."""
+        try:
+            self.stop(workflow, api_key, task_id)
+            return "stopped"
+        except httpx.HTTPStatusError as exc:
+            return f"stop failed: HTTP {exc.response.status_code}"
+        except httpx.HTTPError as exc:
+            return f"stop failed: {type(exc).__name__}"
+
+
+def _check_final_status(parsed: dict[str, Any]) -> None:
+    """Statuses that end the case here, whatever the plan expects."""
+    status = parsed.get("status")
+    run = parsed.get("workflow_run_id") or "?"
+    if status == "paused":
+        raise DifyPausedError(
+            f"workflow paused: it waits for human input (Dify run {run}); dify-runner cannot answer a Human "
+            "Input node, so the case ends here and is not retried (a retry would leave another paused run)")
+    if status == "stopped":
+        raise DifyStoppedError(
+            f"Dify stopped the run although dify-runner did not ask ({parsed.get('error') or 'no reason given'}): "
+            "Dify reports its own time limit (APP_MAX_EXECUTION_TIME) as a user stop; not retried, the next "
+            "attempt would run as long")
 
 
 def _timeout(deadline: Deadline) -> TaskTimeoutException:
@@ -249,12 +307,19 @@ def _parse_stream(
                     raise DifyServerError(f"node_finished has a price that is not a number: {price!r}") from None
                 priced = True
                 result["currency"] = metadata.get("currency") or result["currency"]
-        elif kind == "error":
+        elif kind == "error":  # the run ended in Dify with this error
+            result["ended"] = True
             status = int(event.get("status") or 500)
             code, message = str(event.get("code", "unknown")), str(event.get("message", ""))
             if status >= 500:
                 raise DifyServerError(f"stream error {status} {code}: {message}")
             raise DifyAPIError(status, code, message)
+        elif kind == "workflow_paused":  # newest Dify: the stream ends here, no workflow_finished
+            result.update(workflow_run_id=event.get("workflow_run_id") or result.get("workflow_run_id"),
+                          status="paused", outputs=data.get("outputs") or {}, error=None,
+                          total_tokens=data.get("total_tokens") or 0, total_steps=data.get("total_steps") or 0)
+            result["cost"] = float(cost) if priced else 0.0
+            return result
         elif kind == "workflow_finished":
             result.update(
                 workflow_run_id=event.get("workflow_run_id") or result.get("workflow_run_id"),

@@ -3,7 +3,9 @@
 Exception to status (the seeds' table, extended for the Dify client):
 
     TaskExecutionException (incl. DifyAPIError)   FAILED    retried unless .retryable is False
-    TaskTimeoutException, SoftTimeLimitExceeded   TIMEOUT   retried
+                                                            (a throttle or quota answer waits
+                                                            instead: see dify_answers.py)
+    TaskTimeoutException, SoftTimeLimitExceeded   TIMEOUT   retried unless .retryable is False
     TaskCancelledException                        CANCELLED not retried
     ConfigurationError                            ERROR     not retried
     any other exception (incl. DifyServerError)   ERROR     retried
@@ -25,7 +27,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from ..config.manifest import Task
 from ..config.plan import StubConfig
+from ..config.settings import key_variable_refusal
 from .deadline import Deadline
+from .dify_answers import AnswerKind
 from .dify_client import ConfigurationError, DifyClient
 from .exceptions import TaskCancelledException, TaskExecutionException, TaskTimeoutException
 from .expectations import check as check_expectations
@@ -76,7 +80,8 @@ class AttemptOutcome:
     error_message: str | None = None
     retryable: bool = True
     retry_after: float | None = None
-    throttled: bool = False  # Dify answered 429
+    kind: AnswerKind | None = None  # what a Dify error answer means (dify_answers.py)
+    dify_stop: str | None = None  # "stopped" / "stop failed: ..." when the run was stopped in Dify
     test_result: TestResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -118,9 +123,11 @@ def run_attempt(
         return AttemptOutcome(status, started_at, latency, error, test_result=test_result)
     except (TaskTimeoutException, SoftTimeLimitExceeded) as exc:
         message_text = str(exc) or f"exceeded timeout_per_task ({deadline.seconds:g} s)"
-        return AttemptOutcome(TaskStatus.TIMEOUT, started_at, time.monotonic() - clock, message_text)
+        return AttemptOutcome(TaskStatus.TIMEOUT, started_at, time.monotonic() - clock, message_text,
+                              retryable=getattr(exc, "retryable", True), dify_stop=getattr(exc, "dify_stop", None))
     except TaskCancelledException as exc:
-        return AttemptOutcome(TaskStatus.CANCELLED, started_at, time.monotonic() - clock, str(exc), retryable=False)
+        return AttemptOutcome(TaskStatus.CANCELLED, started_at, time.monotonic() - clock, str(exc), retryable=False,
+                              dify_stop=getattr(exc, "dify_stop", None))
     except TaskExecutionException as exc:
         return AttemptOutcome(
             TaskStatus.FAILED,
@@ -129,7 +136,8 @@ def run_attempt(
             str(exc),
             retryable=exc.retryable,
             retry_after=getattr(exc, "retry_after", None),
-            throttled=getattr(exc, "http_status", None) == 429,
+            kind=getattr(exc, "kind", None),
+            dify_stop=getattr(exc, "dify_stop", None),
         )
     except Exception as exc:  # noqa: BLE001 - any other exception is the ERROR status
         return AttemptOutcome(
@@ -139,6 +147,8 @@ def run_attempt(
             f"{type(exc).__name__}: {exc}",
             retryable=getattr(exc, "retryable", True),
             retry_after=getattr(exc, "retry_after", None),
+            kind=getattr(exc, "kind", None),
+            dify_stop=getattr(exc, "dify_stop", None),
         )
 
 
@@ -178,11 +188,17 @@ def _call_target(
             "give it the URL of a running `dify-runner mock-dify`"
         )
     assert workflow.api_key_env is not None  # enforced by WorkflowConfig
+    # The plan may come from anyone who can reach Redis: only variables meant to hold Dify
+    # keys are ever sent, whatever it names.
+    refusal = key_variable_refusal(workflow.api_key_env, os.environ)
+    if refusal is not None:
+        raise ConfigurationError(f"workflow {workflow.id!r}: api_key_env {workflow.api_key_env!r} {refusal}",
+                                 kind=AnswerKind.REJECTED)
     api_key = os.environ.get(workflow.api_key_env)
     if not api_key:
         raise ConfigurationError(
             f"environment variable {workflow.api_key_env} (the API key of workflow "
-            f"{workflow.id!r}) is not set in this worker"
+            f"{workflow.id!r}) is not set in this worker", kind=AnswerKind.REJECTED
         )
     return dify().run_workflow(workflow, api_key, task.parameters, deadline, should_stop=cancelled)
 

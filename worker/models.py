@@ -88,6 +88,9 @@ class AttemptRecord(BaseModel):
     error_message: str | None = None
     execution_time: float = 0.0
     retry_countdown: float | None = None
+    # A streaming run abandoned after it started (timeout, broken stream, cancel) is stopped in
+    # Dify: "stopped", or "stop failed: ..." (Dify may then still run and bill it).
+    dify_stop: str | None = None
 
 
 class TaskResult(BaseModel):
@@ -110,6 +113,9 @@ class TaskResult(BaseModel):
     case_id: str | None = None
     run_id: str | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
+    # Answers that refused to start the run for load (the app's concurrency limit, a quota):
+    # the case waited and tried again; none of them is an attempt.
+    throttled: int = 0
     # What the case returned (tokens, cost, inputs, outputs), when it returned anything.
     test_result: TestResult | None = None
 

@@ -22,10 +22,21 @@ class BatchSummary(BaseModel):
     tokens: int = 0
     cost: float = 0.0
     cost_unknown: int = 0
+    # Load figures: answers that refused to start a run (waited out), stops sent to Dify for
+    # abandoned runs, and those stops that failed (the run may still go on in Dify).
+    throttled: int = 0
+    dify_stops: int = 0
+    dify_stop_failures: int = 0
     # Latencies of cases that returned (succeeded or failed), for the percentiles.
     latencies: list[float] = Field(default_factory=list)
 
-    def add(self, status: str, latency: float, tokens: int, cost: float | None) -> None:
+    def add(self, status: str, latency: float, tokens: int, cost: float | None,
+            metadata: dict[str, object] | None = None) -> None:
+        """Count one case; ``metadata``: its TestResult's, which carries the load figures."""
+        if metadata:
+            self.throttled += int(metadata.get("throttled") or 0)  # type: ignore[call-overload]
+            self.dify_stops += int(metadata.get("dify_stops") or 0)  # type: ignore[call-overload]
+            self.dify_stop_failures += int(metadata.get("dify_stop_failures") or 0)  # type: ignore[call-overload]
         self.counts[status] = self.counts.get(status, 0) + 1
         self.tokens += tokens
         if cost is None:
@@ -44,6 +55,9 @@ class BatchSummary(BaseModel):
         self.tokens += other.tokens
         self.cost += other.cost
         self.cost_unknown += other.cost_unknown
+        self.throttled += other.throttled
+        self.dify_stops += other.dify_stops
+        self.dify_stop_failures += other.dify_stop_failures
         self.latencies += other.latencies
 
 
@@ -64,6 +78,10 @@ class RunStatistics(BaseModel):
     total_cost: float = 0.0
     # Cases whose cost is unknown (blocking responses carry no price).
     cost_unknown_tasks: int = 0
+    # See BatchSummary: answers waited out, stops sent to Dify, stops that failed.
+    throttled_answers: int = 0
+    dify_stops: int = 0
+    dify_stop_failures: int = 0
     latency_p50: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
@@ -96,6 +114,9 @@ class RunStatistics(BaseModel):
             total_tokens=merged.tokens,
             total_cost=round(merged.cost, 10),
             cost_unknown_tasks=merged.cost_unknown,
+            throttled_answers=merged.throttled,
+            dify_stops=merged.dify_stops,
+            dify_stop_failures=merged.dify_stop_failures,
             latency_p50=percentile(latencies, 50),
             latency_p95=percentile(latencies, 95),
             latency_p99=percentile(latencies, 99),

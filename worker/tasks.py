@@ -19,6 +19,7 @@ from celery.exceptions import Retry
 from pydantic import ValidationError
 
 from ..config.settings import Settings
+from .answer_guard import AnswerGuard
 from .batches import close_batch
 from .converter import STATUS_MAP
 from .dify_client import DifyClient
@@ -52,6 +53,7 @@ class WorkerRuntime:
         client = connect(app.dify_runner_state_url)  # type: ignore[attr-defined]
         self.store = RunStore(client, self.settings.result_ttl_seconds)
         self.gate = RunGate(client, self.settings.result_ttl_seconds)
+        self.guard = AnswerGuard(client, self.settings.result_ttl_seconds)
         # A case waits this long for a concurrency slot, then goes back to the queue: its
         # message must be acknowledged well within the broker's visibility timeout.
         self.max_slot_wait = min(30.0, self.settings.visibility_timeout / 3)
@@ -96,8 +98,8 @@ def register_tasks(app: Celery) -> None:
     # shared=False: each app (fleet, embedded, tests) gets its own task objects.
     @app.task(name=RUN_CASE, bind=True, ignore_result=True, max_retries=None, shared=False)
     def run_case(self: Task, message: dict[str, Any], history: list[dict[str, Any]] | None = None,
-                 wait_until: float | None = None) -> dict[str, Any]:
-        return execute_case(self, message, history or [], wait_until)
+                 wait_until: float | None = None, throttled: int = 0) -> dict[str, Any]:
+        return execute_case(self, message, history or [], wait_until, throttled)
 
     # The batch's results (references to the stored ones, or the results themselves when
     # storing failed) travel in this message: a Redis hiccup while storing the batch is
@@ -109,10 +111,12 @@ def register_tasks(app: Celery) -> None:
 
 
 def execute_case(
-    task: Task, raw: dict[str, Any], raw_history: list[dict[str, Any]], wait_until: float | None = None
+    task: Task, raw: dict[str, Any], raw_history: list[dict[str, Any]], wait_until: float | None = None,
+    throttled: int = 0,
 ) -> dict[str, Any]:
     """One delivery of a case: an attempt (or a step of a retry's wait), then either a
-    Celery retry or a final TaskResult."""
+    Celery retry or a final TaskResult. ``throttled``: answers so far that refused to start
+    the run for load (they are not attempts)."""
     try:
         message = CaseMessage.model_validate(raw)
         history = [AttemptRecord.model_validate(h) for h in raw_history]
@@ -124,19 +128,19 @@ def execute_case(
     rt: WorkerRuntime | None = None
     try:
         rt = runtime(task.app)
-        return _attempt_or_retry(task, rt, message, raw, attempt, history, wait_until)
+        return _attempt_or_retry(task, rt, message, raw, attempt, history, wait_until, throttled)
     except Retry:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug here must not break the chord
         log.exception("internal error on case %s", message.task.task_id)
         now = datetime.now(timezone.utc)
         outcome = AttemptOutcome(TaskStatus.ERROR, now, 0.0, f"dify-runner internal error: {type(exc).__name__}: {exc}")
-        return _finish(rt, message, attempt, history, outcome)
+        return _finish(rt, message, attempt, history, outcome, throttled=throttled)
 
 
 def _attempt_or_retry(
     task: Task, rt: WorkerRuntime, message: CaseMessage, raw: dict[str, Any], attempt: int,
-    history: list[AttemptRecord], wait_until: float | None,
+    history: list[AttemptRecord], wait_until: float | None, throttled: int,
 ) -> dict[str, Any]:
     hooks = hooks_for(message.run_id)
 
@@ -146,10 +150,10 @@ def _attempt_or_retry(
     # The cached flag is enough here: admission below reads it fresh, in the same round trip
     # as the slot.
     if _cancel_reason(rt, message, hooks) is not None:
-        return _cancelled(rt, message, attempt, history, hooks)
+        return _cancelled(rt, message, attempt, history, hooks, throttled)
     if wait_until is not None and wait_until - time.time() > 0.001:
         # Still waiting for this retry: hop again, so a cancel is seen within a hop.
-        raise _retry(task, raw, history, wait_until)
+        raise _retry(task, raw, history, wait_until, throttled)
     policy = message.policy
     with rt.gate.admit(message.run_id, message.task.task_id, policy.concurrency, policy.rate_control,
                        message.workflow.base_url, cancelled, rt.max_slot_wait) as admission:
@@ -158,33 +162,64 @@ def _attempt_or_retry(
             # acknowledgement, or resume raced it): its result is stored; never call Dify again.
             return {"task_id": message.task.task_id, "stored": True}
         if admission is Admission.BUSY:
-            raise _retry(task, raw, history, None)  # back in the queue, message released
-        if attempt > 1:  # a retry left its wait
+            raise _retry(task, raw, history, None, throttled)  # back in the queue, message released
+        if attempt > 1 or throttled:  # a retry (or a case refused for load) left its wait
             rt.store.retry_started(message.run_id, message.task.task_id)
         if admission is Admission.CANCELLED or _token_cancelled(rt, message, hooks):
-            return _cancelled(rt, message, attempt, history, hooks)
+            return _cancelled(rt, message, attempt, history, hooks, throttled)
         outcome = run_attempt(message, attempt, rt.dify, hooks, cancelled=cancelled)
+        stop = rt.guard.note(message.run_id, message.task.workflow_id, message.workflow.api_key_env, outcome)
+        if stop is not None:
+            rt.store.cancel(message.run_id, stop)
         retry = policy.retry_policy
+        if outcome.kind is not None and outcome.kind.waits:
+            return _wait_out(task, rt, message, raw, attempt, history, outcome, throttled + 1, hooks)
         countdown = retry.countdown(attempt)
         if outcome.retry_after is not None:
             countdown = max(countdown, outcome.retry_after)
-        if outcome.throttled:
-            rt.gate.cool_down(message.run_id, countdown)
         if not (outcome.status.is_retryable and outcome.retryable and attempt < retry.max_attempts
                 and _cancel_reason(rt, message, hooks, fresh=True) is None):
             # Still holding the slot: _finish gives it back in the same round trip as the count.
-            return _finish(rt, message, attempt, history, outcome)
+            return _finish(rt, message, attempt, history, outcome, throttled=throttled)
         rt.gate.release()  # a retry waits without a slot
     history.append(_record(attempt, outcome, countdown))
     rt.store.retry_scheduled(message.run_id, message.task.task_id)
     log.info("case %s attempt %d %s, retry in %.2fs", message.task.task_id, attempt, outcome.status.value, countdown)
     if hooks is not None and hooks.sleep_fn is not None:
         hooks.sleep_fn(countdown)  # the Python API's injected clock waits instead
-        raise _retry(task, raw, history, None)
-    raise _retry(task, raw, history, time.time() + countdown)
+        raise _retry(task, raw, history, None, throttled)
+    raise _retry(task, raw, history, time.time() + countdown, throttled)
 
 
-def _retry(task: Task, raw: dict[str, Any], history: list[AttemptRecord], wait_until: float | None) -> Retry:
+def _wait_out(
+    task: Task, rt: WorkerRuntime, message: CaseMessage, raw: dict[str, Any], attempt: int,
+    history: list[AttemptRecord], outcome: AttemptOutcome, throttled: int, hooks: RunHooks | None,
+) -> dict[str, Any]:
+    """Dify refused to start the run for load (the app's concurrency limit, a quota): the
+    whole run cools down and the case tries again; no attempt is spent, and it is never a
+    FAILED case. It ends only when the run is stopped (CANCELLED) or after max_throttled
+    refusals (ERROR). Called holding the slot; every path gives it back."""
+    retry = message.policy.retry_policy
+    wait = retry.throttle_wait(throttled, outcome.retry_after)
+    rt.gate.cool_down(message.run_id, wait)
+    reason = _cancel_reason(rt, message, hooks, fresh=True)
+    if reason is None and throttled < retry.max_throttled:
+        rt.gate.release()
+        rt.store.retry_scheduled(message.run_id, message.task.task_id)
+        log.info("case %s refused for load (%d), again in %.2fs", message.task.task_id, throttled, wait)
+        raise _retry(task, raw, history, time.time() + wait, throttled)
+    if reason is not None:
+        final = AttemptOutcome(TaskStatus.CANCELLED, outcome.started_at, 0.0,
+                               f"not run: {reason} (Dify's last answer: {outcome.error_message})", retryable=False)
+    else:
+        final = AttemptOutcome(TaskStatus.ERROR, outcome.started_at, 0.0,
+                               f"Dify refused to start it {throttled} times in a row for load "
+                               f"(retry_policy.max_throttled); last answer: {outcome.error_message}", retryable=False)
+    return _finish(rt, message, attempt - 1, history, final, ran=False, throttled=throttled)
+
+
+def _retry(task: Task, raw: dict[str, Any], history: list[AttemptRecord], wait_until: float | None,
+           throttled: int = 0) -> Retry:
     """Re-queue the case; it waits at most RETRY_HOP_SECONDS per hop until ``wait_until``.
 
     Short hops keep every ETA far below the broker's visibility timeout (kombu#337) and
@@ -193,19 +228,21 @@ def _retry(task: Task, raw: dict[str, Any], history: list[AttemptRecord], wait_u
     countdown = 0.0 if wait_until is None else max(0.0, min(RETRY_HOP_SECONDS, wait_until - time.time()))
     return task.retry(
         args=(raw,),
-        kwargs={"history": [h.model_dump(mode="json") for h in history], "wait_until": wait_until},
+        kwargs={"history": [h.model_dump(mode="json") for h in history], "wait_until": wait_until,
+                "throttled": throttled},
         countdown=countdown,
         max_retries=None,
     )
 
 
 def _cancelled(
-    rt: WorkerRuntime, message: CaseMessage, attempt: int, history: list[AttemptRecord], hooks: RunHooks | None
+    rt: WorkerRuntime, message: CaseMessage, attempt: int, history: list[AttemptRecord], hooks: RunHooks | None,
+    throttled: int = 0,
 ) -> dict[str, Any]:
     reason = _cancel_reason(rt, message, hooks) or "run cancelled"
     outcome = AttemptOutcome(TaskStatus.CANCELLED, datetime.now(timezone.utc), 0.0,
                              f"cancelled before attempt {attempt}: {reason}")
-    return _finish(rt, message, attempt - 1, history, outcome, ran=False)
+    return _finish(rt, message, attempt - 1, history, outcome, ran=False, throttled=throttled)
 
 
 def _token_cancelled(rt: WorkerRuntime, message: CaseMessage, hooks: RunHooks | None) -> bool:
@@ -231,12 +268,13 @@ def _record(attempt: int, outcome: AttemptOutcome, countdown: float | None = Non
         error_message=outcome.error_message,
         execution_time=round(outcome.execution_time, 6),
         retry_countdown=countdown,
+        dify_stop=outcome.dify_stop,
     )
 
 
 def _finish(
     rt: WorkerRuntime | None, message: CaseMessage, attempt: int, history: list[AttemptRecord],
-    outcome: AttemptOutcome, ran: bool = True,
+    outcome: AttemptOutcome, ran: bool = True, throttled: int = 0,
 ) -> dict[str, Any]:
     """The final TaskResult. ``ran=False``: cancelled before another attempt started."""
     if ran:
@@ -257,6 +295,7 @@ def _finish(
         case_id=task.case_id,
         run_id=message.run_id,
         attempts=history,
+        throttled=throttled,
         # A case that returned nothing still carries its inputs, so reports show what was sent.
         test_result=outcome.test_result or TestResult(
             workflow_id=task.workflow_id, execution_id=task.task_id, timestamp=outcome.started_at,

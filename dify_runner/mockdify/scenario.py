@@ -30,7 +30,7 @@ ERROR_MESSAGES = {
     "unauthorized": "Access token is invalid",
     "not_found": "Workflow run not found.",
     "too_many_requests": "Too many requests. Please try again later.",
-    "rate_limit_error": "Rate Limit Error",
+    "rate_limit_error": "Workflow execution quota limit reached for tenant 5d2f6a4e-mock",
     "internal_server_error": "Internal Server Error.",
 }
 
@@ -52,7 +52,9 @@ class Behaviour(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     latency_ms: float | None = Field(None, ge=0)
-    status: Literal["succeeded", "failed", "stopped", "partial-succeeded"] | None = None
+    # paused: the run waits at a Human Input node (newest Dify): the stream ends with
+    # workflow_paused, a blocking call answers data.status "paused".
+    status: Literal["succeeded", "failed", "stopped", "partial-succeeded", "paused"] | None = None
     error: MockError | None = None  # an HTTP error before any run starts
     stream_error: MockError | None = None  # an `error` event after the run started
     retry_after: float | None = Field(None, ge=0)
@@ -66,6 +68,12 @@ class Behaviour(BaseModel):
     tokens_per_node: int = Field(120, ge=0)
     price_per_node: str = "0.0003260"
     outputs: dict[str, Any] | None = None
+
+
+# api/core/app/entities/queue_entities.py: QueueStopEvent.StopBy.USER_MANUAL's reason, which
+# Dify also publishes when a run outlives APP_MAX_EXECUTION_TIME
+# (api/core/app/apps/base_app_queue_manager.py, listen()).
+STOPPED_BY_USER = "Stopped by user."
 
 
 def error_body(http_status: int, code: str, message: str | None = None) -> dict[str, Any]:
@@ -92,6 +100,10 @@ class MockRun:
         self.finished_at: int | None = None
         self.elapsed = 0.0
         self.stop_requested = False
+        # When the run ends in "Dify" whether or not a client still listens (Dify goes on
+        # running a workflow whose caller went away); None: never (hang, paused).
+        self.started = time.monotonic()
+        self.ends_at: float | None = None
         text = " ".join(str(v) for v in inputs.values())
         self.answer = f"mock answer: {text}"[:2000]
 
@@ -104,7 +116,13 @@ class MockRun:
     @property
     def error(self) -> str | None:
         return "mock node failed: LLM returned an error" if self.status == "failed" else (
-            "Workflow stopped by user" if self.status == "stopped" else None)
+            STOPPED_BY_USER if self.status == "stopped" else None)
+
+    def running(self, now: float) -> bool:
+        """Whether the run still goes on in the mock's "Dify" (a client may have left)."""
+        if self.stop_requested or self.finished_at is not None or self.status == "paused":
+            return False
+        return self.ends_at is None or now < self.ends_at
 
     @property
     def total_tokens(self) -> int:
@@ -176,6 +194,13 @@ class MockRun:
         data = self.finished_data()
         data.update(created_by={"id": new_id(), "user": self.user}, exceptions_count=0, files=[])
         return self.envelope("workflow_finished", data)
+
+    def workflow_paused(self) -> dict[str, Any]:
+        node = self.node(2, "human-input", "Human Input")
+        return self.envelope("workflow_paused", {
+            "workflow_run_id": self.run_id, "status": "paused", "paused_nodes": [node["node_id"]],
+            "reasons": [{"type": "human_input", "node_id": node["node_id"]}], "outputs": {},
+            "elapsed_time": self.elapsed, "total_tokens": 0, "total_steps": 2, "created_at": self.created_at})
 
     def stream_error(self, error: MockError) -> dict[str, Any]:
         # Dify's error event carries no `data` and no `task_id`.

@@ -22,10 +22,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .limits import LimitStyle, concurrency_refusal, quota_refusal
 from .scenario import RESERVED_KEY, Behaviour, MockRun, error_body
 from .stats import MockStats
 
 MAX_RUNS_KEPT = 50_000
+# The mock app's start variables, in /parameters' old structure
+# (api/controllers/service_api/app/app.py: workflow.user_input_form(to_old_structure=True)).
+# `_mock` is declared, as a JSON object, because it is the mock's own input.
+DEFAULT_FORM: list[dict[str, Any]] = [
+    {"paragraph": {"label": "Query", "variable": "query", "required": False, "default": ""}},
+    {"text-input": {"label": "Target language", "variable": "target_language", "required": False,
+                    "max_length": 48, "default": ""}},
+    {"json_object": {"label": "Mock behaviour", "variable": RESERVED_KEY, "required": False}},
+]
 
 
 class MockOptions(BaseModel):
@@ -36,8 +46,13 @@ class MockOptions(BaseModel):
     latency_ms: float = Field(100, ge=0)
     jitter_ms: float = Field(20, ge=0)
     fail_rate: float = Field(0.0, ge=0, le=1)
-    rate_limit: float | None = Field(None, gt=0, description="runs started per second before 429 rate_limit_error")
-    concurrency_limit: int | None = Field(None, ge=1, description="runs in flight before 429 too_many_requests")
+    concurrency_limit: int | None = Field(None, ge=1, description="runs in flight before the app's limit answers")
+    limit_style: LimitStyle = Field("dify1", description="dify1: 400 invalid_param; 429: older Dify's answer")
+    quota: int | None = Field(None, ge=0, description="runs accepted before 429 rate_limit_error (a spent quota)")
+    max_execution_time: float | None = Field(
+        None, gt=0, description="seconds before the mock stops a run itself, like APP_MAX_EXECUTION_TIME")
+    app_mode: str = "workflow"
+    input_form: list[dict[str, Any]] | None = Field(None, description="the user_input_form /parameters answers")
     api_keys: list[str] = Field(default_factory=lambda: ["app-mock"])
     ping_interval: float = Field(10.0, gt=0)
     price_format: Literal["string", "number"] = "number"
@@ -61,7 +76,9 @@ class MockDify:
         self.runs: OrderedDict[str, MockRun] = OrderedDict()
         self.by_task: dict[str, MockRun] = {}
         self.random = random.Random(0)
-        self._window = (0, 0)  # (second, runs started in it)
+        self.accepted = 0  # runs accepted, for the quota
+        # Runs that may still go on in "Dify", whether or not their client listens.
+        self.active: set[MockRun] = set()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -83,20 +100,25 @@ class MockDify:
         return response
 
     def throttled(self) -> Response | None:
+        """Dify's refusals before a run starts: the tenant's quota, then the app's concurrency."""
         options = self.options
         headers = {"Retry-After": f"{options.retry_after:g}"} if options.retry_after is not None else None
-        if options.concurrency_limit is not None and self.stats.in_flight >= options.concurrency_limit:
-            message = ("Too many requests. Please try again later. The current maximum concurrent requests "
-                       f"allowed is {options.concurrency_limit}.")
-            return self.reply(_json(error_body(429, "too_many_requests", message), 429, headers))
-        if options.rate_limit is not None:
-            second = int(time.time())
-            start, count = self._window
-            count = count + 1 if start == second else 1
-            self._window = (second, count)
-            if count > options.rate_limit:
-                return self.reply(_json(error_body(429, "rate_limit_error"), 429, headers))
-        return None
+        refusal = None
+        if options.quota is not None and self.accepted >= options.quota:
+            refusal = quota_refusal()
+        elif options.concurrency_limit is not None and self.stats.in_flight >= options.concurrency_limit:
+            refusal = concurrency_refusal(options.concurrency_limit, options.limit_style)
+        if refusal is None:
+            return None
+        self.stats.refused[refusal[1]["code"]] += 1
+        status, body = refusal
+        return self.reply(_json(body, status, headers if status == 429 else None))
+
+    def running(self) -> int:
+        """Runs still going on: the stats' witness that nothing was left running in "Dify"."""
+        now = time.monotonic()
+        self.active = {run for run in self.active if run.running(now)}
+        return len(self.active)
 
     def latency(self, behaviour: Behaviour) -> float:
         if behaviour.latency_ms is not None:
@@ -145,7 +167,14 @@ class MockDify:
             return self.reply(_json(behaviour.error.body(), behaviour.error.http_status, headers))
         status = behaviour.status or ("failed" if self.random.random() < self.options.fail_rate else "succeeded")
         run = MockRun(inputs, user, behaviour, status, self.options.price_format)
+        self.accepted += 1
+        if not behaviour.hang and not behaviour.trickle:
+            run.ends_at = run.started + self.latency(behaviour)
+        if self.options.max_execution_time is not None:
+            limit = run.started + self.options.max_execution_time
+            run.ends_at = limit if run.ends_at is None else min(run.ends_at, limit)
         self.remember(run)
+        self.active.add(run)
         if behaviour.hang or behaviour.trickle:
             return self.reply(StreamingResponse(self._stall(request, run), media_type="application/json"))
         if mode == "blocking":
@@ -156,10 +185,10 @@ class MockDify:
         self.stats.enter_run()
         started = time.monotonic()
         try:
-            await asyncio.sleep(self.latency(run.behaviour))
+            await asyncio.sleep(max(0.0, (run.ends_at or started) - started))
         finally:
             self.stats.leave_run()
-        run.finish(started)
+        self._end(run, started)
         if run.behaviour.garbage:
             return self.reply(Response("<html><body>502 Bad Gateway</body></html>", 200, media_type="text/html"))
         return self.reply(_json(run.blocking_body()))
@@ -176,10 +205,23 @@ class MockDify:
         finally:
             self.stats.leave_run()
 
+    def time_limited(self, run: MockRun) -> bool:
+        """The run outlived max_execution_time: Dify stops it itself, as a user stop."""
+        limit = self.options.max_execution_time
+        return limit is not None and time.monotonic() >= run.started + limit
+
+    def _end(self, run: MockRun, started: float) -> None:
+        if self.time_limited(run) and run.status != "paused":
+            run.status = "stopped"
+        run.finish(started)
+        self.active.discard(run)
+
     async def _pause(self, run: MockRun, seconds: float) -> AsyncIterator[bytes]:
-        """Sleep ``seconds`` (less once the run is asked to stop), sending Dify's bare
-        ping every ping_interval meanwhile."""
+        """Sleep ``seconds`` (less once the run is asked to stop or reaches the time limit),
+        sending Dify's bare ping every ping_interval meanwhile."""
         end = time.monotonic() + seconds
+        if self.options.max_execution_time is not None:
+            end = min(end, run.started + self.options.max_execution_time)
         next_ping = time.monotonic() + self.options.ping_interval
         while not run.stop_requested:
             now = time.monotonic()
@@ -208,9 +250,13 @@ class MockDify:
                 yield _sse(run.envelope("node_started", node))
                 async for ping in self._pause(run, per_node):
                     yield ping
-                if run.stop_requested:
+                if run.stop_requested or self.time_limited(run):
                     run.status = "stopped"
                     break
+                if run.status == "paused":
+                    self._end(run, started)
+                    yield _sse(run.workflow_paused())  # and no workflow_finished
+                    return
                 if behaviour.truncate:
                     return  # the stream ends cleanly mid-run: no workflow_finished
                 if behaviour.reset:
@@ -223,11 +269,11 @@ class MockDify:
                     for word in run.answer.split(" "):
                         yield _sse(run.text_chunk(word + " ", node))
                 yield _sse(run.node_finished(node, llm=True, failed=failed))
-            if run.status != "failed":
+            if run.status not in ("failed", "stopped"):
                 end = run.node(2 + behaviour.llm_nodes, "end", "End")
                 yield _sse(run.envelope("node_started", end))
                 yield _sse(run.node_finished(end, llm=False))
-            run.finish(started)
+            self._end(run, started)
             yield _sse(run.workflow_finished())
         finally:
             self.stats.leave_run()
@@ -242,10 +288,14 @@ class MockDify:
             body = {}
         if not isinstance(body, dict) or not body.get("user"):
             return self.reply(_json(error_body(400, "invalid_param", "Arg user must be provided."), 400))
+        # Dify (AppQueueManager.set_stop_flag) stops only a task of this user, and answers
+        # success whatever it did.
         run = self.by_task.get(request.path_params["task_id"])
-        if run is not None:
-            run.stop_requested = True
         self.stats.stops += 1
+        if run is not None and run.user == body["user"] and run.running(time.monotonic()):
+            run.stop_requested = True
+            self.active.discard(run)
+            self.stats.stopped_runs += 1
         return self.reply(_json({"result": "success"}))
 
     async def run_detail(self, request: Request) -> Response:
@@ -267,8 +317,7 @@ class MockDify:
             "text_to_speech": {"enabled": False, "voice": "", "language": "", "autoPlay": "disabled"},
             "retriever_resource": {"enabled": False}, "annotation_reply": {"enabled": False},
             "more_like_this": {"enabled": False}, "sensitive_word_avoidance": {"enabled": False},
-            "user_input_form": [{"paragraph": {"label": "Query", "variable": "query", "required": True,
-                                               "default": ""}}],
+            "user_input_form": self.options.input_form if self.options.input_form is not None else DEFAULT_FORM,
             "file_upload": {"image": {"enabled": False, "number_limits": 3, "detail": "high",
                                       "transfer_methods": ["remote_url", "local_file"]}},
             "system_parameters": {"file_size_limit": 15, "image_file_size_limit": 10, "audio_file_size_limit": 50,
@@ -280,13 +329,15 @@ class MockDify:
         if denied is not None:
             return denied
         return self.reply(_json({"name": "Mock workflow", "description": "dify-runner's mock of Dify",
-                                 "tags": [], "mode": "workflow", "author_name": "dify-runner"}))
+                                 "tags": [], "mode": self.options.app_mode, "author_name": "dify-runner"}))
 
     async def mock_stats(self, request: Request) -> Response:
-        return _json(self.stats.as_dict())
+        return _json({**self.stats.as_dict(), "running": self.running()})
 
     async def mock_reset(self, request: Request) -> Response:
         self.stats.reset()
+        self.active.clear()
+        self.accepted = 0
         return _json({"result": "success"})
 
 

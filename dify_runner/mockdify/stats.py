@@ -24,7 +24,9 @@ class MockStats:
         self.statuses: Counter[int] = Counter()
         self.paths: Counter[str] = Counter()
         self.keys: Counter[str] = Counter()
-        self.stops = 0
+        self.stops = 0  # stop requests
+        self.stopped_runs = 0  # runs a stop request ended
+        self.refused: Counter[str] = Counter()  # runs refused by a limit, by error code
 
     def begin(self, path: str, api_key: str | None) -> None:
         self.requests += 1
@@ -50,6 +52,8 @@ class MockStats:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "stops": self.stops,
+            "stopped_runs": self.stopped_runs,
+            "refused": dict(self.refused),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "paths": dict(self.paths),
             "keys": dict(self.keys),

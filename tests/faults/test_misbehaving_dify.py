@@ -36,10 +36,10 @@ def test_every_fault_ends_with_a_clear_status(
     tmp_path: Path, app: Celery, store: RunStore, worker: InProcessWorker, mock_dify: MockDifyProcess,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("MOCK_KEY", "app-mock")
+    monkeypatch.setenv("MOCK_DIFY_KEY", "app-mock")
     plan = stub_plan([], execution={"concurrency": 8, "retry_policy": {"max_attempts": 2, "backoff_seconds": 0.05},
                                     "stop_conditions": {"timeout_per_task": 1.0}})
-    plan["workflows"] = [{"id": mode, "base_url": mock_dify.base_url, "api_key_env": "MOCK_KEY",
+    plan["workflows"] = [{"id": mode, "base_url": mock_dify.base_url, "api_key_env": "MOCK_DIFY_KEY",
                           "response_mode": mode} for mode in ("blocking", "streaming")]
     plan["datasets"] = [{"name": name, "workflows": [mode], "cases": [{"id": name, "inputs": {"_mock": behaviour}}]}
                         for name, (behaviour, mode, _, _) in FAULTS.items()]

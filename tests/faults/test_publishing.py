@@ -120,9 +120,9 @@ def test_interrupt_while_publishing_cancels_the_run(tmp_path: Path, fleet: Fleet
 
 def test_resume_of_a_live_run_calls_dify_once_per_case(tmp_path: Path, fleet: Fleet, redis_url: str,
                                                        mock_dify: MockDifyProcess) -> None:
-    fleet.start(2, concurrency=4, env={"MOCK_KEY": "app-mock"})
+    fleet.start(2, concurrency=4, env={"MOCK_DIFY_KEY": "app-mock"})
     cases = 120
-    plan = {"name": "live", "workflows": [{"id": "wf", "base_url": mock_dify.base_url, "api_key_env": "MOCK_KEY",
+    plan = {"name": "live", "workflows": [{"id": "wf", "base_url": mock_dify.base_url, "api_key_env": "MOCK_DIFY_KEY",
                                            "response_mode": "blocking"}],
             "datasets": [{"name": "ds", "cases": [{"id": f"c{i:03d}", "inputs": {"q": str(i)}}
                                                   for i in range(cases)]}],

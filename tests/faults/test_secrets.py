@@ -40,6 +40,9 @@ def test_a_recognisable_key_is_nowhere(tmp_path: Path, fleet: Fleet, redis_url: 
             {"id": "good", "base_url": mock.base_url, "api_key_env": "SECRET_DIFY_KEY"},
             {"id": "bad", "base_url": mock.base_url, "api_key_env": "WRONG_DIFY_KEY", "response_mode": "blocking"},
         ]
+        # Two wrong-key cases: fewer than it takes to stop the run (answer_guard.FAIL_FAST_AFTER).
+        plan["datasets"][0]["workflows"] = ["good"]
+        plan["datasets"].append({"name": "auth", "workflows": ["bad"], "cases": [{"id": "k1"}, {"id": "k2"}]})
         done = cli("run", str(write_plan(tmp_path, plan)), "--broker", redis_url, "--out", str(tmp_path / "runs"),
                    "--no-progress", env={"SECRET_DIFY_KEY": key}, cwd=tmp_path)
         assert done.returncode == 1, done.stdout + done.stderr  # the wrong key and the failed run
