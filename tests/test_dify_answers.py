@@ -50,12 +50,15 @@ def key(monkeypatch: pytest.MonkeyPatch) -> str:
     return KEY
 
 
-def hold(mock: MockDifyProcess, n: int, latency_ms: int = 600) -> list[threading.Thread]:
-    """``n`` runs in flight on the mock (so its concurrency limit is reached)."""
+def hold(mock: MockDifyProcess, n: int, latency_ms: int = 3000) -> list[threading.Thread]:
+    """``n`` runs in flight on the mock (so its concurrency limit is reached), once they are."""
     threads = [threading.Thread(target=post, args=(mock, {"_mock": {"latency_ms": latency_ms}})) for _ in range(n)]
     for thread in threads:
         thread.start()
-    return threads
+    for _ in range(1000):  # counted, not timed: the mock says when they are in flight
+        if mock.stats()["in_flight"] >= n:
+            return threads
+    raise AssertionError(f"{n} runs never got in flight: {mock.stats()}")
 
 
 # -- 1. the app's concurrency limit is a throttle --------------------------------------------
@@ -66,8 +69,6 @@ def test_concurrency_limit_answers_400_invalid_param_as_dify_1x() -> None:
     handler first, so Dify 1.x answers 400 invalid_param "Too many requests. ..."."""
     with MockDifyProcess("--concurrency-limit", "1", "--latency-ms", "50") as mock:
         threads = hold(mock, 1)
-        while mock.stats()["in_flight"] < 1:
-            pass
         refused = post(mock, {})
         for thread in threads:
             thread.join()
@@ -85,8 +86,6 @@ def test_older_dify_answers_429_too_many_requests() -> None:
     AppInvokeQuotaExceededError handler answered 429 too_many_requests (--limit-style 429)."""
     with MockDifyProcess("--concurrency-limit", "1", "--limit-style", "429", "--retry-after", "1") as mock:
         threads = hold(mock, 1)
-        while mock.stats()["in_flight"] < 1:
-            pass
         refused = post(mock, {})
         for thread in threads:
             thread.join()
@@ -128,7 +127,7 @@ def test_a_timed_out_streaming_attempt_is_stopped_in_dify(mock_dify: MockDifyPro
     workflow.py, WorkflowTaskStopApi) ends it."""
     client = DifyClient.create(pool_size=2)
     with pytest.raises(TaskTimeoutException) as caught:
-        client.run_workflow(workflow(mock_dify), KEY, {"_mock": {"latency_ms": 20000}}, Deadline(0.5))
+        client.run_workflow(workflow(mock_dify), KEY, {"_mock": {"latency_ms": 20000}}, Deadline(1.5))
     assert caught.value.dify_stop == "stopped"  # type: ignore[attr-defined]
     stats = mock_dify.stats()
     assert stats["stops"] == 1 and stats["stopped_runs"] == 1 and stats["running"] == 0
@@ -150,7 +149,7 @@ def test_a_blocking_call_cannot_be_stopped(mock_dify: MockDifyProcess) -> None:
     The README recommends streaming for this reason."""
     client = DifyClient.create(pool_size=2)
     with pytest.raises(TaskTimeoutException) as caught:
-        client.run_workflow(workflow(mock_dify, "blocking"), KEY, {"_mock": {"latency_ms": 3000}}, Deadline(0.3))
+        client.run_workflow(workflow(mock_dify, "blocking"), KEY, {"_mock": {"latency_ms": 10000}}, Deadline(0.3))
     assert getattr(caught.value, "dify_stop", None) is None
     stats = mock_dify.stats()
     assert stats["stops"] == 0 and stats["running"] == 1  # still going on in "Dify"
@@ -161,7 +160,7 @@ def test_timed_out_cases_leave_no_run_going_in_dify(
 ) -> None:
     plan = mock_plan(mock_dify, [{"id": f"slow{i}", "inputs": {"_mock": {"latency_ms": 20000}}} for i in range(3)],
                      retry_policy={"max_attempts": 2, "backoff_seconds": 0.05},
-                     stop_conditions={"timeout_per_task": 0.5})
+                     stop_conditions={"timeout_per_task": 1.5})
     manifest = manifest_for(tmp_path, plan)
     info = run_manifest(app, store, manifest)
     results = list(store.iter_task_results(manifest.run_id, info.batch_count))
