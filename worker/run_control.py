@@ -9,8 +9,12 @@ Celery's ``rate_limit`` is per worker and it has no global concurrency limit (ce
 - **rate**: GCRA over one key per limit (``rate_limit.lua``), reserving each attempt's
   instant: ``requests_per_second`` and ``requests_per_minute`` with ``burst``, per run or
   per Dify base URL.
-- **cooldown**: a 429 from Dify pauses new attempts of the whole run for its Retry-After
-  (or the policy's backoff); then the run recovers by itself.
+- **cooldown**: Dify refusing a run for load (its concurrency limit, a quota) pauses new
+  attempts of the whole run for its Retry-After (or a backoff); then the run recovers by itself.
+- **learned cap**: a refusal for the app's concurrency limit also lowers the run's slots to
+  what Dify accepted at that moment, or the limit its message names if lower
+  (``learn_limit.lua``), for LEARNED_CAP_MS; then the run probes its own concurrency again.
+  Without it, a run above the app's limit spends its time in refusals and cooldowns.
 
 The ``limits`` library was considered: its moving window has no notion of burst (a full
 window's worth may start at once) and Redis round trips per limit; GCRA gives rate and
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 import uuid
@@ -38,6 +43,9 @@ LUA = Path(__file__).with_name("lua")
 LEASE_TTL_MS = 10_000
 RENEW_EVERY = 3.0
 POLL_MIN, POLL_MAX = 0.005, 0.1
+LEARNED_CAP_MS = 30_000
+# The end of rate_limit.py's AppInvokeQuotaExceededError message: "... allowed for <app> is N."
+NAMED_LIMIT = re.compile(r"\bis (\d+)\.?\s*$")
 
 log = logging.getLogger("dify_runner.worker")
 
@@ -56,6 +64,7 @@ class RunGate:
         self.redis = client
         self.key_ttl = key_ttl
         self._acquire = client.register_script((LUA / "acquire_slot.lua").read_text())
+        self._learn = client.register_script((LUA / "learn_limit.lua").read_text())
         self._renew = client.register_script((LUA / "renew_slots.lua").read_text())
         self._rate = client.register_script((LUA / "rate_limit.lua").read_text())
         self._held: dict[str, str] = {}  # lease id -> slots key
@@ -107,6 +116,16 @@ class RunGate:
             self.redis.set(key, "429", px=ms)
             log.info("run %s: Dify answered 429, the fleet pauses for %.2fs", run_id, seconds)
 
+    def learn_limit(self, run_id: str, message: str | None) -> int:
+        """Dify refused an attempt for the app's concurrency limit (this thread still holds its
+        slot): cap the run's slots at what Dify accepts. Returns the cap."""
+        named = NAMED_LIMIT.search(message or "")
+        cap = int(self._learn(keys=[run_key(run_id, "slots"), run_key(run_id, "cap")],
+                              args=[int(named.group(1)) if named else 0, LEARNED_CAP_MS]))
+        log.info("run %s: Dify's concurrency limit answered; at most %d attempts at once for %d s",
+                 run_id, cap, LEARNED_CAP_MS // 1000)
+        return cap
+
     # -- slots ---------------------------------------------------------------------------
 
     def _take_slot(
@@ -114,7 +133,7 @@ class RunGate:
     ) -> tuple[str, int] | Admission:
         """A lease on one slot and the cooldown left (ms), or why there is none."""
         keys = [run_key(run_id, "slots"), run_key(run_id, "cancel"), run_key(run_id, "cooldown"),
-                run_key(run_id, "final")]
+                run_key(run_id, "final"), run_key(run_id, "cap")]
         lease = uuid.uuid4().hex
         with self._lock:
             self._held[lease] = keys[0]  # renewed from now on, even while waiting

@@ -22,6 +22,7 @@ from ..config.settings import Settings
 from .answer_guard import AnswerGuard
 from .batches import close_batch
 from .converter import STATUS_MAP
+from .dify_answers import AnswerKind
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import CaseMessage
@@ -33,6 +34,8 @@ RUN_CASE = "dify_runner.run_case"
 FINISH_BATCH = "dify_runner.finish_batch"
 # A retry's wait is cut into hops no longer than this (see _retry).
 RETRY_HOP_SECONDS = 5.0
+# The longest wait after a refusal for the app's concurrency limit (a quota's may be 30 s).
+THROTTLE_WAIT_MAX = 2.0
 # How stale a worker's view of a run's cancel flag may be.
 CANCEL_CHECK_SECONDS = 0.25
 FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR})
@@ -200,8 +203,17 @@ def _wait_out(
     FAILED case. It ends only when the run is stopped (CANCELLED) or after max_throttled
     refusals (ERROR). Called holding the slot; every path gives it back."""
     retry = message.policy.retry_policy
-    wait = retry.throttle_wait(throttled, outcome.retry_after)
-    rt.gate.cool_down(message.run_id, wait)
+    if outcome.kind is AnswerKind.THROTTLE:
+        # The app's concurrency limit frees as soon as one of its runs ends: the run holds
+        # fewer slots (the learned cap) rather than pausing the fleet, unless Dify (or a proxy)
+        # asked for a pause with Retry-After.
+        rt.gate.learn_limit(message.run_id, outcome.error_message)
+        wait = retry.throttle_wait(throttled, outcome.retry_after, longest=THROTTLE_WAIT_MAX)
+        if outcome.retry_after is not None:
+            rt.gate.cool_down(message.run_id, wait)
+    else:  # a quota: the whole run pauses
+        wait = retry.throttle_wait(throttled, outcome.retry_after)
+        rt.gate.cool_down(message.run_id, wait)
     reason = _cancel_reason(rt, message, hooks, fresh=True)
     if reason is None and throttled < retry.max_throttled:
         rt.gate.release()

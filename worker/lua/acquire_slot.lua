@@ -11,6 +11,7 @@
 -- KEYS[4]  the run's final statuses (hash: task id -> status)
 -- ARGV[4]  time to live of the whole key (s), so an abandoned run leaves nothing behind
 -- ARGV[5]  the case's task id
+-- KEYS[5]  the run's learned cap (learn_limit.lua): fewer slots while Dify refuses more
 -- Returns {code, cooldown_ms}: code 3 = the case already ended, 2 = cancelled, 1 = slot
 -- taken, 0 = all slots held.
 if redis.call('HEXISTS', KEYS[4], ARGV[5]) == 1 then
@@ -22,7 +23,12 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+local limit = tonumber(ARGV[1])
+local cap = tonumber(redis.call('GET', KEYS[5]) or '0')
+if cap > 0 and cap < limit then
+  limit = cap
+end
+if redis.call('ZCARD', KEYS[1]) >= limit then
   return {0, 0}
 end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
