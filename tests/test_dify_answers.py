@@ -302,3 +302,24 @@ def test_the_worker_sends_only_key_variables(
     assert all("one of dify-runner's own settings, not an API key" in (r.error_message or "") for r in results)
     stats = mock_dify.stats()
     assert stats["requests"] == 0 and "hunter2" not in json.dumps(stats)
+
+
+def test_a_fleet_above_the_apps_limit_passes_every_case(tmp_path: Path, fleet: Any, redis_url: str) -> None:
+    """The same, through the CLI on two separate `celery worker` processes: the learned cap
+    and the waits are shared in Redis, not per process."""
+    from .conftest import cli, write_plan
+
+    with MockDifyProcess("--concurrency-limit", "3", "--latency-ms", "50", "--api-key", KEY) as mock:
+        fleet.start(2, concurrency=6, env={"MOCK_DIFY_KEY": KEY})
+        plan = mock_plan(mock, [{"id": f"c{i:02}", "inputs": {"query": "x"}} for i in range(60)], concurrency=12,
+                         retry_policy={"max_attempts": 1, "backoff_seconds": 0.05})
+        done = cli("run", str(write_plan(tmp_path, plan)), "--broker", redis_url, "--out", str(tmp_path / "runs"),
+                   "--no-progress", env={"MOCK_DIFY_KEY": KEY}, cwd=tmp_path)
+        stats = mock.stats()
+    assert done.returncode == 0, done.stdout + done.stderr
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    report = json.loads((run_dir / "report.json").read_text())
+    statistics = report["run"]["statistics"]
+    assert statistics["succeeded_tasks"] == 60
+    assert 0 < statistics["throttled_answers"] == stats["refused"]["invalid_param"] <= 2 * 12
+    assert f"Dify: {statistics['throttled_answers']} throttled answers waited out" in done.stdout
