@@ -46,13 +46,15 @@ class AnswerGuard:
             streak = self._count(run_id, workflow_id, "rejected")
             if streak >= FAIL_FAST_AFTER:
                 where = f" (its key comes from {key_env})" if key_env else ""
-                return (f"stopped: workflow {workflow_id!r} was refused on its first {streak} attempts: "
+                # The constant, not the streak: two answers may cross the line at once.
+                return (f"stopped: workflow {workflow_id!r} was refused on its first {FAIL_FAST_AFTER} attempts: "
                         f"{outcome.error_message}; check its base_url and API key{where}")
         elif kind is AnswerKind.QUOTA:
             self._quota_seen.add(run_id)
             streak = self._count(run_id, workflow_id, "quota")
             if streak >= QUOTA_STOP_AFTER:
-                return (f"stopped: the Dify quota is exhausted ({streak} answers in a row: {outcome.error_message}); "
+                return (f"stopped: the Dify quota is exhausted ({QUOTA_STOP_AFTER} answers in a row: "
+                        f"{outcome.error_message}); "
                         "cases not started are cancelled")
         elif kind in _ACCEPTED_KINDS or outcome.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             if (run_id, workflow_id) not in self._accepted or run_id in self._quota_seen:
