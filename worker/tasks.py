@@ -200,8 +200,9 @@ def _wait_out(
 ) -> dict[str, Any]:
     """Dify refused to start the run for load (the app's concurrency limit, a quota): the run
     holds fewer slots (a limit) or pauses (a quota), and the case tries again after a short
-    wait; no attempt is spent, and it is never a FAILED case. It ends only when the run is stopped (CANCELLED) or after max_throttled
-    refusals (ERROR). Called holding the slot; every path gives it back."""
+    wait; no attempt is spent, and it is never a FAILED case. It ends only when the run is
+    stopped (CANCELLED) or after max_throttled refusals (ERROR). Called holding the slot; every
+    path gives it back."""
     retry = message.policy.retry_policy
     if outcome.kind is AnswerKind.THROTTLE:
         # The app's concurrency limit frees as soon as one of its runs ends: the run holds
