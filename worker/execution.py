@@ -123,33 +123,23 @@ def run_attempt(
         return AttemptOutcome(status, started_at, latency, error, test_result=test_result)
     except (TaskTimeoutException, SoftTimeLimitExceeded) as exc:
         message_text = str(exc) or f"exceeded timeout_per_task ({deadline.seconds:g} s)"
-        return AttemptOutcome(TaskStatus.TIMEOUT, started_at, time.monotonic() - clock, message_text,
-                              retryable=getattr(exc, "retryable", True), dify_stop=getattr(exc, "dify_stop", None))
+        return _ended_by(exc, TaskStatus.TIMEOUT, started_at, clock, message_text, getattr(exc, "retryable", True))
     except TaskCancelledException as exc:
-        return AttemptOutcome(TaskStatus.CANCELLED, started_at, time.monotonic() - clock, str(exc), retryable=False,
-                              dify_stop=getattr(exc, "dify_stop", None))
+        return _ended_by(exc, TaskStatus.CANCELLED, started_at, clock, str(exc), False)
     except TaskExecutionException as exc:
-        return AttemptOutcome(
-            TaskStatus.FAILED,
-            started_at,
-            time.monotonic() - clock,
-            str(exc),
-            retryable=exc.retryable,
-            retry_after=getattr(exc, "retry_after", None),
-            kind=getattr(exc, "kind", None),
-            dify_stop=getattr(exc, "dify_stop", None),
-        )
+        return _ended_by(exc, TaskStatus.FAILED, started_at, clock, str(exc), exc.retryable)
     except Exception as exc:  # noqa: BLE001 - any other exception is the ERROR status
-        return AttemptOutcome(
-            TaskStatus.ERROR,
-            started_at,
-            time.monotonic() - clock,
-            f"{type(exc).__name__}: {exc}",
-            retryable=getattr(exc, "retryable", True),
-            retry_after=getattr(exc, "retry_after", None),
-            kind=getattr(exc, "kind", None),
-            dify_stop=getattr(exc, "dify_stop", None),
-        )
+        return _ended_by(exc, TaskStatus.ERROR, started_at, clock, f"{type(exc).__name__}: {exc}",
+                         getattr(exc, "retryable", True))
+
+
+def _ended_by(exc: BaseException, status: TaskStatus, started_at: datetime, clock: float, message: str,
+              retryable: bool) -> AttemptOutcome:
+    """An attempt an exception ended, with what the Dify client attached to it: Retry-After,
+    the answer's kind (dify_answers.py) and the stop it sent to Dify."""
+    return AttemptOutcome(status, started_at, time.monotonic() - clock, message, retryable=retryable,
+                          retry_after=getattr(exc, "retry_after", None), kind=getattr(exc, "kind", None),
+                          dify_stop=getattr(exc, "dify_stop", None))
 
 
 _STATUS_FROM_TEST = {
