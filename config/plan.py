@@ -49,8 +49,9 @@ class RetryPolicy(StrictModel):
         return self.backoff_seconds * self.backoff_multiplier ** (attempt - 1)
 
     def throttle_wait(self, throttled: int, retry_after: float | None = None, longest: float = 30.0) -> float:
-        """The fleet-wide cooldown after a case's ``throttled``-th refusal for load: the
-        backoff, kept between 0.1 s (never a hot loop) and ``longest``, at least Retry-After."""
+        """The wait after a case's ``throttled``-th refusal for load (for a quota, the whole
+        run's cooldown): the backoff, kept between 0.1 s (never a hot loop) and ``longest``,
+        at least Retry-After."""
         wait = min(longest, max(0.1, self.countdown(throttled)))
         return max(wait, retry_after or 0.0)
 
