@@ -104,6 +104,8 @@ class MockRun:
         # running a workflow whose caller went away); None: never (hang, paused).
         self.started = time.monotonic()
         self.ends_at: float | None = None
+        # When the server's max_execution_time stops it, as Dify's APP_MAX_EXECUTION_TIME does.
+        self.stops_at: float | None = None
         text = " ".join(str(v) for v in inputs.values())
         self.answer = f"mock answer: {text}"[:2000]
 
@@ -117,6 +119,10 @@ class MockRun:
     def error(self) -> str | None:
         return "mock node failed: LLM returned an error" if self.status == "failed" else (
             STOPPED_BY_USER if self.status == "stopped" else None)
+
+    def time_limited(self) -> bool:
+        """The run outlived the time limit: "Dify" stops it itself, as a user stop."""
+        return self.stops_at is not None and time.monotonic() >= self.stops_at
 
     def running(self, now: float) -> bool:
         """Whether the run still goes on in the mock's "Dify" (a client may have left)."""

@@ -171,8 +171,8 @@ class MockDify:
         if not behaviour.hang and not behaviour.trickle:
             run.ends_at = run.started + self.latency(behaviour)
         if self.options.max_execution_time is not None:
-            limit = run.started + self.options.max_execution_time
-            run.ends_at = limit if run.ends_at is None else min(run.ends_at, limit)
+            run.stops_at = run.started + self.options.max_execution_time
+            run.ends_at = run.stops_at if run.ends_at is None else min(run.ends_at, run.stops_at)
         self.remember(run)
         self.active.add(run)
         if behaviour.hang or behaviour.trickle:
@@ -205,13 +205,9 @@ class MockDify:
         finally:
             self.stats.leave_run()
 
-    def time_limited(self, run: MockRun) -> bool:
-        """The run outlived max_execution_time: Dify stops it itself, as a user stop."""
-        limit = self.options.max_execution_time
-        return limit is not None and time.monotonic() >= run.started + limit
 
     def _end(self, run: MockRun, started: float) -> None:
-        if self.time_limited(run) and run.status != "paused":
+        if run.time_limited() and run.status != "paused":
             run.status = "stopped"
         run.finish(started)
         self.active.discard(run)
@@ -220,8 +216,8 @@ class MockDify:
         """Sleep ``seconds`` (less once the run is asked to stop or reaches the time limit),
         sending Dify's bare ping every ping_interval meanwhile."""
         end = time.monotonic() + seconds
-        if self.options.max_execution_time is not None:
-            end = min(end, run.started + self.options.max_execution_time)
+        if run.stops_at is not None:
+            end = min(end, run.stops_at)
         next_ping = time.monotonic() + self.options.ping_interval
         while not run.stop_requested:
             now = time.monotonic()
@@ -250,7 +246,7 @@ class MockDify:
                 yield _sse(run.envelope("node_started", node))
                 async for ping in self._pause(run, per_node):
                     yield ping
-                if run.stop_requested or self.time_limited(run):
+                if run.stop_requested or run.time_limited():
                     run.status = "stopped"
                     break
                 if run.status == "paused":
