@@ -25,10 +25,10 @@ from pydantic import ValidationError
 
 from ..config.errors import PlanError
 from ..worker.batches import close_batch
+from ..worker.live_messages import live_messages
 from ..worker.messages import CaseMessage
 from ..worker.statistics import BatchSummary
 from ..worker.store import PUBLISHED, PUBLISHING, RunStore
-from .live_messages import live_messages
 from .submission import AfterChord, ManifestHeader, publish
 from .summary import task_status_of
 
@@ -91,7 +91,7 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
     if info is None:  # Redis lost the run's state: start it again from the manifest
         # Cases that ended after the loss recorded their results in their batches: keep them.
         store.create_run(run_id, header.plan_name, header.total, planned_batches, datetime.now(timezone.utc),
-                         header.pass_rate)
+                         header.pass_rate, header.batch_size)
         store.end_publishing(run_id, PUBLISHED)
         old_batches = planned_batches
     else:
@@ -155,7 +155,7 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
         store.mark_published(run_id, old_batches + batches, already + published)
         return keep_going is None or keep_going()
 
-    sent = publish(app, run_id, new_batches, batch_count, store.next_resume_round(run_id), after_chord)
+    sent = publish(app, run_id, new_batches, batch_count, store.next_resume_round(run_id), after_chord, store)
     if sent == len(new_batches):
         store.end_publishing(run_id, PUBLISHED)
     plan.unsent = new_batches[sent:]

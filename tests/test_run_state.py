@@ -52,7 +52,7 @@ def test_live_messages_are_found_in_every_slice_of_the_queue_and_in_unacked(
         redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from dify_runner.producer import live_messages as module
+    from dify_runner.worker import live_messages as module
 
     monkeypatch.setattr(module, "SLICE", 3)  # many slices, and one cut at the list's end
     client = redis.Redis.from_url(redis_url)
@@ -61,7 +61,8 @@ def test_live_messages_are_found_in_every_slice_of_the_queue_and_in_unacked(
     client.lpush("dify-runner\x06\x163", json.dumps({"body": "", "headers": {"id": "r1:finish:9"}}))
     running = json.dumps({"body": "", "headers": {"id": "r1:wf/ds/running:5:r1"}})
     client.hset("unacked", "tag", json.dumps([json.loads(running), "", "dify-runner"]))
-    live = module.live_messages(SimpleNamespace(conf=SimpleNamespace(broker_url=redis_url)), "r1")
+    app = SimpleNamespace(conf=SimpleNamespace(broker_url=redis_url, task_default_queue="dify-runner"))
+    live = module.live_messages(app, "r1")
     assert live.cases == {f"wf/ds/c{i}" for i in range(10)} | {"wf/ds/running"}
     assert live.batches == {0, 1, 2, 5, 9}
 

@@ -21,6 +21,7 @@ from kombu import Producer
 
 from ..config.settings import Settings
 from .backend import BACKEND_PATH
+from .recovery import install as install_fleet_watch
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 QUEUE = "dify-runner"
@@ -93,6 +94,7 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
     # The run store lives in the result backend's Redis.
     app.dify_runner_state_url = backend  # type: ignore[attr-defined]
     register_tasks(app)
+    install_fleet_watch(app)
     return app
 
 

@@ -16,7 +16,7 @@ from .converter import STATUS_MAP, ResultConverter
 from .messages import CaseMessage
 from .models import TaskResult, TaskStatus, TestResult
 from .statistics import BatchSummary
-from .store import RunStore
+from .store import RunStore, run_key
 
 log = logging.getLogger("dify_runner.worker")
 
@@ -67,11 +67,38 @@ def batch_task_results(store: RunStore, run_id: str, batch: int,
     return task_results
 
 
+# A closer holds its batch's lock this long at most (a closer killed mid-way lets go by then).
+CLOSE_LOCK_MS = 60_000
+
+
+def batch_complete(store: RunStore, run_id: str, batch: int) -> bool:
+    """Whether every case of ``batch`` has ended (its end recorded in the run store)."""
+    info = store.get_run(run_id)
+    if info is None:
+        return False
+    expected = info.batch_cases(batch)
+    if expected is None:
+        members = store.batch_members(run_id, batch)
+        if not members:
+            return True  # a run stored before batches were counted: trust the chord
+        expected = len(members)
+    return store.batch_ends(run_id, batch) >= expected
+
+
 def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | None,
-                results: list[dict[str, Any]] | None = None) -> bool:
+                results: list[dict[str, Any]] | None = None, require_complete: bool = False) -> bool:
     """Convert and store one batch, and finish the run if it was the last of ``batch_count``
-    (None: never, the caller finishes it); False when the batch was already closed (a late
-    or redelivered callback: storing again would count its cases twice)."""
+    (None: never, the caller finishes it); False when the batch was not closed: already
+    closed (a late or redelivered callback: storing again would count its cases twice),
+    being closed by another process, or, with ``require_complete``, some of its cases have
+    not ended yet.
+
+    ``require_complete`` is for the chord callback and the fleet sweep: a chord may fire
+    early (a case redelivered after its worker reported it to the chord but before it
+    acknowledged it counts twice), and the sweep closes the batch once its last case ends.
+    """
+    if results:
+        _record_inline(store, run_id, batch, results)
     if batch_count is not None:
         # The run's count now, not the one in the chord's message: a resume may have added
         # batches since this chord was published (its batch was live, so resume left it).
@@ -83,13 +110,39 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
         if batch_count is not None and store.batches_done(run_id) >= batch_count:
             store.finalize(run_id, batch_count)
         return False
-    task_results = batch_task_results(store, run_id, batch, results)
-    test_results = ResultConverter.convert_batch(task_results)
-    summary = BatchSummary()
-    for task_result, test_result in zip(task_results, test_results, strict=True):
-        summary.add(task_result.task_status.value, task_result.execution_time, test_result.tokens_used,
-                    test_result.cost, test_result.metadata)
-    done = store.save_batch(run_id, batch, task_results, test_results, summary)
+    if require_complete and not batch_complete(store, run_id, batch):
+        log.info("run %s batch %d: not every case has ended yet; it closes when the last one has", run_id, batch)
+        return False
+    lock = run_key(run_id, "closing", batch)
+    if not store.redis.set(lock, "1", nx=True, px=CLOSE_LOCK_MS):
+        return False
+    try:
+        if store.batch_done(run_id, batch):
+            return False
+        # A complete batch's results are all in the store (inline ones were stored above).
+        task_results = batch_task_results(store, run_id, batch, None if require_complete else results)
+        test_results = ResultConverter.convert_batch(task_results)
+        summary = BatchSummary()
+        for task_result, test_result in zip(task_results, test_results, strict=True):
+            summary.add(task_result.task_status.value, task_result.execution_time, test_result.tokens_used,
+                        test_result.cost, test_result.metadata)
+        done = store.save_batch(run_id, batch, task_results, test_results, summary)
+    finally:
+        store.redis.delete(lock)
     if batch_count is not None and done >= batch_count and store.finalize(run_id, batch_count):
         log.info("run %s finished (%d batches)", run_id, batch_count)
     return True
+
+
+def _record_inline(store: RunStore, run_id: str, batch: int, results: list[dict[str, Any]]) -> None:
+    """Results the chord carried because their worker could not store them: store them now
+    (once per case, like any end), so the batch's count and the sweep see them."""
+    inline = [item for item in results if not item.get("stored")]
+    if not inline:
+        return
+    pipe = store.redis.pipeline()
+    for item in inline:
+        result = TaskResult.model_validate(item)
+        store.record_end(run_id, batch, result.task_id, result.model_dump_json(), result.task_status.value,
+                         result.task_status in (TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR), pipe=pipe)
+    pipe.execute()

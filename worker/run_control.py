@@ -28,15 +28,16 @@ import logging
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import redis
 
 from ..config.plan import RateControl
+from .messages import LONG_WAIT
 from .store import PREFIX, run_key
 
 LUA = Path(__file__).with_name("lua")
@@ -57,6 +58,15 @@ class Admission(Enum):
     ENDED = "ended"  # the case already has its final result: this delivery is a duplicate
 
 
+@dataclass(frozen=True)
+class Later:
+    """Come back at ``at`` (epoch seconds); ``reserved``: the rate-limit instant is booked, the
+    next delivery does not book another."""
+
+    at: float
+    reserved: bool
+
+
 class RunGate:
     """Admits attempts under a run's fleet-wide limits. One per worker process."""
 
@@ -67,7 +77,9 @@ class RunGate:
         self._learn = client.register_script((LUA / "learn_limit.lua").read_text())
         self._renew = client.register_script((LUA / "renew_slots.lua").read_text())
         self._rate = client.register_script((LUA / "rate_limit.lua").read_text())
-        self._held: dict[str, str] = {}  # lease id -> slots key
+        # Leases this process holds, as (slots key, task id): a case's lease is named after it,
+        # so a second delivery of a case still running elsewhere waits (acquire_slot.lua).
+        self._held: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._local = threading.local()  # the lease of the attempt this thread runs
         self._keeper: threading.Thread | None = None
@@ -76,12 +88,14 @@ class RunGate:
     def admit(
         self, run_id: str, task_id: str, concurrency: int, rate: RateControl | None, base_url: str,
         cancelled: Callable[[], bool], max_wait: float,
-    ) -> Iterator[Admission]:
+    ) -> Iterator[Admission | Later]:
         """Wait for a slot, the cooldown and the rate limit. Yields ADMITTED (the slot is
         held for the block, or until ``release_into``), CANCELLED (the run was cancelled
         meanwhile), BUSY (no slot within ``max_wait``: the caller re-queues the case rather
-        than hold its message past the broker's visibility timeout) or ENDED (the case
-        already has a final result)."""
+        than hold its message past the broker's visibility timeout), ENDED (the case
+        already has a final result) or Later (the cooldown or the rate-limit instant is more
+        than LONG_WAIT away: the caller re-queues the case until then, so that a waiting
+        case does not hold a worker thread that another run's cases could use)."""
         taken = self._take_slot(run_id, task_id, concurrency, cancelled, time.monotonic() + max_wait)
         if isinstance(taken, Admission):
             yield taken
@@ -89,19 +103,31 @@ class RunGate:
         lease, cooldown_ms = taken
         self._local.lease = lease
         try:
-            admitted = (cooldown_ms <= 0 or self._wait(lambda: self._cooldown_ms(run_id), cancelled)) and \
-                self._sleep(self._reserve_ms(run_id, rate, base_url), cancelled)
-            yield Admission.ADMITTED if admitted else Admission.CANCELLED
+            yield self._pass_waits(run_id, rate, base_url, cancelled, cooldown_ms)
         finally:
             self._local.lease = None
             self._release(lease)
 
+    def _pass_waits(self, run_id: str, rate: RateControl | None, base_url: str, cancelled: Callable[[], bool],
+                    cooldown_ms: float) -> Admission | Later:
+        """The cooldown, then the rate-limit instant: short waits are slept, long ones are Later."""
+        while cooldown_ms > 0:
+            if cooldown_ms > LONG_WAIT * 1000:
+                return Later(time.time() + cooldown_ms / 1000, reserved=False)
+            if cancelled():
+                return Admission.CANCELLED
+            time.sleep(min(cooldown_ms / 1000, 0.5))
+            cooldown_ms = self._cooldown_ms(run_id)
+        ms = self._reserve_ms(run_id, rate, base_url)
+        if ms > LONG_WAIT * 1000:
+            return Later(time.time() + ms / 1000, reserved=True)
+        return Admission.ADMITTED if self._sleep(ms, cancelled) else Admission.CANCELLED
+
     def release_into(self, pipe: redis.client.Pipeline) -> None:
         """Give back this thread's slot as part of ``pipe`` (saves a round trip per case)."""
         lease = getattr(self._local, "lease", None)
-        key = self._forget(lease) if lease is not None else None
-        if key is not None:
-            pipe.zrem(key, lease)
+        if lease is not None and self._forget(lease):
+            pipe.zrem(*lease)
 
     def release(self) -> None:
         """Give back this thread's slot now (before a wait that must not hold it)."""
@@ -130,37 +156,39 @@ class RunGate:
 
     def _take_slot(
         self, run_id: str, task_id: str, concurrency: int, cancelled: Callable[[], bool], give_up_at: float
-    ) -> tuple[str, int] | Admission:
+    ) -> tuple[tuple[str, str], int] | Admission:
         """A lease on one slot and the cooldown left (ms), or why there is none."""
         keys = [run_key(run_id, "slots"), run_key(run_id, "cancel"), run_key(run_id, "cooldown"),
                 run_key(run_id, "final"), run_key(run_id, "cap")]
-        lease = uuid.uuid4().hex
-        with self._lock:
-            self._held[lease] = keys[0]  # renewed from now on, even while waiting
+        lease = (keys[0], task_id)
         self._ensure_keeper()
         delay = POLL_MIN
         while True:
             code, cooldown_ms = self._acquire(keys=keys,
-                                              args=[concurrency, lease, LEASE_TTL_MS, self.key_ttl, task_id])
+                                              args=[concurrency, task_id, LEASE_TTL_MS, self.key_ttl, task_id])
             if code == 1:
+                with self._lock:
+                    self._held.add(lease)  # renewed from now on (a lease lives LEASE_TTL_MS unrenewed)
                 return lease, int(cooldown_ms)
             if code == 3:
-                self._forget(lease)
                 return Admission.ENDED
+            # Code 4 (a second delivery of a case that runs elsewhere) waits like a full house:
+            # the other ends the case, or dies and its lease lapses.
             if code == 2 or cancelled() or time.monotonic() > give_up_at:
-                self._forget(lease)
                 return Admission.CANCELLED if code == 2 or cancelled() else Admission.BUSY
             time.sleep(delay)
             delay = min(POLL_MAX, delay * 2)
 
-    def _release(self, lease: str) -> None:
-        key = self._forget(lease)
-        if key is not None:
-            self.redis.zrem(key, lease)
+    def _release(self, lease: tuple[str, str]) -> None:
+        if self._forget(lease):
+            self.redis.zrem(*lease)
 
-    def _forget(self, lease: str) -> str | None:
+    def _forget(self, lease: tuple[str, str]) -> bool:
         with self._lock:
-            return self._held.pop(lease, None)
+            if lease in self._held:
+                self._held.discard(lease)
+                return True
+            return False
 
     def _ensure_keeper(self) -> None:
         if self._keeper is None or not self._keeper.is_alive():
@@ -171,11 +199,11 @@ class RunGate:
         while True:
             time.sleep(RENEW_EVERY)
             with self._lock:
-                held = list(self._held.items())
+                held = list(self._held)
             if not held:
                 continue
             try:
-                self._renew(keys=[key for _, key in held], args=[LEASE_TTL_MS, *[lease for lease, _ in held]])
+                self._renew(keys=[key for key, _ in held], args=[LEASE_TTL_MS, *[task for _, task in held]])
             except redis.RedisError:
                 log.warning("could not renew %d concurrency leases", len(held), exc_info=True)
 
@@ -209,14 +237,3 @@ class RunGate:
                 return False
             time.sleep(min(left, 0.25))
         return True
-
-    @staticmethod
-    def _wait(wait_ms: Callable[[], float], cancelled: Callable[[], bool]) -> bool:
-        """Ask ``wait_ms`` until it says 0; False if the run is cancelled meanwhile."""
-        while True:
-            ms = wait_ms()
-            if ms <= 0:
-                return True
-            if cancelled():
-                return False
-            time.sleep(min(ms / 1000, 0.5))

@@ -50,6 +50,8 @@ class RunInfo(BaseModel):
     total: int
     batch_count: int
     created_at: datetime
+    # Cases per batch of the plan (the last may hold fewer); 0 for runs stored before it was.
+    batch_size: int = 0
     state: str = "running"
     finished_at: datetime | None = None
     stop_reason: str | None = None
@@ -76,6 +78,14 @@ class RunInfo(BaseModel):
         if self.publish_state == INTERRUPTED:
             return True
         return self.publish_state == PUBLISHING and (self.publisher is None or not _process_alive(self.publisher))
+
+    def batch_cases(self, batch: int) -> int | None:
+        """How many cases batch ``batch`` of the plan holds; None for a batch made by resume
+        (its members are in the store) or when the run does not say."""
+        plan_batches = -(-self.total // self.batch_size) if self.batch_size else 0
+        if batch >= plan_batches:
+            return None
+        return min(self.batch_size, self.total - batch * self.batch_size)
 
     @property
     def missing_results(self) -> int:

@@ -14,7 +14,11 @@ Keys (all under ``dify-runner:`` and expiring after the settings' result TTL):
     run:{id}:tasks:{batch}  hash   task_id -> TaskResult JSON, without the embedded result
     run:{id}:summary:{batch} string BatchSummary JSON
     run:{id}:done           set    batches whose chord callback has stored its results
+    run:{id}:batch_ends     hash   batch -> how many of its cases ended (recovery.py closes full ones)
+    run:{id}:messages:{batch} hash task_id -> task message, until the batch closes (recovery.py
+                                   publishes a case again whose message was lost)
     runs                    zset   run ids by submission time
+    active                  set    runs not finished yet (the fleet sweep watches them)
 
 Results are kept per batch so that no single value grows with the size of the run,
 and are written with HSET keyed by task id, so recording a case twice keeps one result.
@@ -77,7 +81,7 @@ class RunStore:
     # -- producer side ---------------------------------------------------------------
 
     def create_run(self, run_id: str, plan_name: str, total: int, batch_count: int, created_at: datetime,
-                   pass_rate: float = 1.0) -> None:
+                   pass_rate: float = 1.0, batch_size: int | None = None) -> None:
         key = self._key(run_id)
         pipe = self.redis.pipeline()
         pipe.hset(
@@ -93,11 +97,14 @@ class RunStore:
                 "publish_state": PUBLISHING,
                 "published_batches": 0,
                 "published_cases": 0,
+                # With total, how many cases each original batch holds (recovery.py).
+                "batch_size": batch_size or total or 1,
             },
         )
         pipe.expire(key, self.ttl)
         pipe.set(self._key(run_id, "publisher"), this_process(), ex=PUBLISHER_TTL_SECONDS)
         pipe.zadd(PREFIX + "runs", {run_id: created_at.timestamp()})
+        pipe.sadd(PREFIX + "active", run_id)
         pipe.execute()
 
     def get_run(self, run_id: str) -> RunInfo | None:
@@ -178,6 +185,7 @@ class RunStore:
         pipe.hset(key, mapping={"state": "running", "batch_count": batch_count,
                                 "resumed_at": datetime.now(timezone.utc).isoformat()})
         pipe.delete(self._key(run_id, "cancel"))
+        pipe.sadd(PREFIX + "active", run_id)
         self._recount(keys=[self._key(run_id, "final"), self._key(run_id, "progress"), key], args=[self.ttl],
                       client=pipe)
         if stale_waiting:
@@ -202,6 +210,17 @@ class RunStore:
 
     def batch_members(self, run_id: str, batch: int) -> set[str]:
         return {m.decode() for m in self.redis.smembers(self._key(run_id, "members", batch))}
+
+    def keep_messages(self, run_id: str, batch: int, messages: dict[str, str]) -> None:
+        """Keep a batch's task messages (task id -> wire JSON) until the batch closes."""
+        if messages:
+            pipe = self.redis.pipeline()
+            pipe.hset(self._key(run_id, "messages", batch), mapping=messages)
+            pipe.expire(self._key(run_id, "messages", batch), self.ttl)
+            pipe.execute()
+
+    def kept_messages(self, run_id: str, batch: int) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(run_id, "messages", batch)).items()}
 
     def replace_batch(self, run_id: str, batch: int, dropped: list[str], summary: BatchSummary) -> None:
         """Forget some results of a batch (they are run again: their final status goes too)
@@ -253,8 +272,9 @@ class RunStore:
         if before is not None:
             before(pipe)
         self._record_end(keys=[self._key(run_id, "final"), self._key(run_id, "ended", batch),
-                               self._key(run_id, "progress"), self._key(run_id, "waiting")],
-                         args=[task_id, result_json, status, "1" if failed else "0", self.ttl], client=pipe)
+                               self._key(run_id, "progress"), self._key(run_id, "waiting"),
+                               self._key(run_id, "batch_ends")],
+                         args=[task_id, result_json, status, "1" if failed else "0", self.ttl, batch], client=pipe)
         if not own:
             return None
         failures = int(pipe.execute()[-1])
@@ -274,6 +294,10 @@ class RunStore:
 
     def batches_done(self, run_id: str) -> int:
         return int(self.redis.scard(self._key(run_id, "done")))
+
+    def batch_ends(self, run_id: str, batch: int) -> int:
+        """How many cases of ``batch`` have ended."""
+        return int(self.redis.hget(self._key(run_id, "batch_ends"), batch) or 0)
 
     def batch_done(self, run_id: str, batch: int) -> bool:
         return bool(self.redis.sismember(self._key(run_id, "done"), batch))
@@ -297,7 +321,7 @@ class RunStore:
                 mapping={t.task_id: t.model_dump_json(exclude={"test_result"}) for t in task_results},
             )
         pipe.set(summary_key, summary.model_dump_json(), ex=self.ttl)
-        pipe.delete(self._key(run_id, "ended", batch))  # now in tests/tasks
+        pipe.delete(self._key(run_id, "ended", batch), self._key(run_id, "messages", batch))  # now in tests/tasks
         pipe.sadd(done_key, batch)
         for key in (tests_key, tasks_key, done_key):
             pipe.expire(key, self.ttl)
@@ -314,7 +338,10 @@ class RunStore:
         assert info is not None
         duration = (now - info.created_at).total_seconds()
         statistics = RunStatistics.from_summaries(self.iter_summaries(run_id, batch_count), duration)
-        self.redis.hset(key, mapping={"state": "finished", "statistics": statistics.model_dump_json()})
+        pipe = self.redis.pipeline()
+        pipe.hset(key, mapping={"state": "finished", "statistics": statistics.model_dump_json()})
+        pipe.srem(PREFIX + "active", run_id)
+        pipe.execute()
         return True
 
     # -- readers ---------------------------------------------------------------------

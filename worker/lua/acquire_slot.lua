@@ -6,14 +6,15 @@
 -- KEYS[2]  the run's cancel flag (a string, present once cancelled)
 -- KEYS[3]  the run's cooldown (a string with a TTL, present while Dify said 429)
 -- ARGV[1]  the limit (slots in the whole fleet)
--- ARGV[2]  lease id
+-- ARGV[2]  lease id: the case's task id, so one case holds one lease at most
 -- ARGV[3]  lease time to live (ms); holders renew it, a dead holder's lease lapses
 -- KEYS[4]  the run's final statuses (hash: task id -> status)
 -- ARGV[4]  time to live of the whole key (s), so an abandoned run leaves nothing behind
 -- ARGV[5]  the case's task id
 -- KEYS[5]  the run's learned cap (learn_limit.lua): fewer slots while Dify refuses more
 -- Returns {code, cooldown_ms}: code 3 = the case already ended, 2 = cancelled, 1 = slot
--- taken, 0 = all slots held.
+-- taken, 0 = all slots held, 4 = the case holds a live lease already (a second delivery of a
+-- case still running elsewhere: it waits until that one ends or its lease lapses).
 if redis.call('HEXISTS', KEYS[4], ARGV[5]) == 1 then
   return {3, 0}
 end
@@ -23,6 +24,9 @@ end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  return {4, 0}
+end
 local limit = tonumber(ARGV[1])
 local cap = tonumber(redis.call('GET', KEYS[5]) or '0')
 if cap > 0 and cap < limit then

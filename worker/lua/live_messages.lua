@@ -2,7 +2,7 @@
 -- unacked hash (delivery tag -> [message, exchange, routing key]) whole.
 -- One call reads at most ARGV[3] list entries, so Redis is never held long (a single script
 -- over a 100,000-message queue took 8 s, past Redis's 5-s busy threshold: every other client
--- would have been answered BUSY). producer/live_messages.py calls it slice by slice.
+-- would have been answered BUSY). worker/live_messages.py calls it slice by slice.
 -- KEYS[1]  a queue list, or the unacked hash
 -- ARGV[1]  '"id": "' .. run_id .. ':'  (a message's task id is "<run_id>:...")
 -- ARGV[2]  the first list index of the slice; ARGV[3] the slice's length

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
-from ..worker.app import QUEUE
-from ..worker.store import LUA
+from .store import LUA
 
 # kombu's Redis transport: the priority steps' list names, and the unacked hash.
 PRIORITY_SEPARATOR = "\x06\x16"
@@ -45,7 +44,7 @@ class LiveMessages:
         self.batches.add(int(parts[1]))
 
 
-def queue_keys(queue: str = QUEUE) -> list[str]:
+def queue_keys(queue: str) -> list[str]:
     return [queue if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS]
 
 
@@ -59,7 +58,7 @@ def live_messages(app: Celery, run_id: str, passes: int = 2) -> LiveMessages:
     try:
         script = client.register_script((LUA / "live_messages.lua").read_text())
         needle = f'"id": "{run_id}:'
-        for key in (UNACKED, *queue_keys(), UNACKED) * passes:
+        for key in (UNACKED, *queue_keys(app.conf.task_default_queue), UNACKED) * passes:
             start = 0
             while start >= 0:
                 *ids, start = script(keys=[key], args=[needle, start, SLICE])
