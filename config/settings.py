@@ -72,6 +72,9 @@ class Settings(BaseModel):
     # Seconds before Redis hands an unacknowledged message to another worker: it must
     # exceed the longest attempt (retry waits are cut into short hops, kombu#337).
     visibility_timeout: int = Field(3600, ge=10)
+    # The longest a case waits on a worker for its concurrency slot before it goes back to the
+    # queue; set on the producer, it travels in the task messages (Celery's time limits count it).
+    admission_wait: float = Field(30.0, gt=0, le=600)
 
     @field_validator("broker_url", "result_backend")
     @classmethod

@@ -44,7 +44,7 @@ from .preflight import preflight
 from .progress import cases_done, counts_text
 from .reports import FORMATS
 from .resume import RunBusy, resume_run
-from .submission import HARD_LIMIT_GRACE, create_run, end_unpublished
+from .submission import attempt_policy_of, create_run, end_unpublished
 from .waiting import PublishingIncomplete, RunLost, RunNotFound, RunStalled
 from .watch import watch_run
 
@@ -65,7 +65,7 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
                 f"workflow {workflow.id!r}: {workflow.api_key_env} is not set here; workers need it in their "
                 "environment (and preflight cannot ask this workflow's Dify without it)"
             )
-    longest = plan.execution.stop_conditions.timeout_per_task + HARD_LIMIT_GRACE
+    longest = attempt_policy_of(plan.execution, settings).time_limits()[1]
     if longest >= settings.visibility_timeout:
         warnings.append(
             f"execution.stop_conditions.timeout_per_task: a case may run {longest:g} s, longer than the broker "

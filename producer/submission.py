@@ -7,6 +7,7 @@ bounded by ``batch_size``, whatever the size of the run.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import datetime, timezone
@@ -18,17 +19,15 @@ from celery import Celery, chord
 from pydantic import BaseModel
 
 from ..config.manifest import RunManifest
+from ..config.plan import ExecutionPolicy
+from ..config.settings import Settings
 from ..worker.app import RunnerCelery
 from ..worker.batches import close_batch, never_ran_result
 from ..worker.messages import AttemptPolicy, CaseMessage
 from ..worker.store import CLOSED, INTERRUPTED, PUBLISHED, RunInfo, RunStore
-from ..worker.tasks import FINISH_BATCH, RUN_CASE
+from ..worker.tasks import FINISH_BATCH, case_signature
 from .waiting import PublishingIncomplete
 
-# Celery's limits only back up the attempt's own deadline (prefork enforces them, the
-# threads pool does not): the soft one raises inside the task, the hard one kills it.
-SOFT_LIMIT_GRACE = 2.0
-HARD_LIMIT_GRACE = 10.0
 # Most publish commands sent to Redis in one pipeline (kombu's Producer.batch).
 PUBLISH_PIPELINE = 1000
 
@@ -44,13 +43,18 @@ class ManifestHeader(BaseModel):
 
 
 def attempt_policy(manifest: RunManifest) -> AttemptPolicy:
-    execution = manifest.execution_policy
+    return attempt_policy_of(manifest.execution_policy, Settings.from_env())
+
+
+def attempt_policy_of(execution: ExecutionPolicy, settings: Settings) -> AttemptPolicy:
+    """What each case's message carries of the plan's execution policy and the settings."""
     return AttemptPolicy(
         retry_policy=execution.retry_policy,
         timeout_per_task=execution.stop_conditions.timeout_per_task,
         max_failures=execution.stop_conditions.max_failures,
         concurrency=execution.concurrency,
         rate_control=execution.rate_control,
+        admission_wait=settings.admission_wait,
     )
 
 
@@ -84,30 +88,27 @@ def finish_task_id(run_id: str, batch: int, round_: int = 0) -> str:
 
 
 def publish(app: Celery, run_id: str, batches: Iterable[tuple[int, list[CaseMessage]]], batch_count: int,
-            round_: int = 0, after_chord: AfterChord | None = None) -> int:
+            round_: int = 0, after_chord: AfterChord | None = None, store: RunStore | None = None) -> int:
     """Send each batch as a chord: its cases, then ``finish_batch`` with their results.
     Returns how many batches were sent (fewer than given when ``after_chord`` said stop).
 
     Messages go out through kombu's ``Producer.batch()``: LPUSHes are pipelined, up to
     PUBLISH_PIPELINE at a time, instead of one round trip each (bench/bench_pipeline.py).
     A chord is flushed whole before ``after_chord`` runs, so a stop never splits one.
+    With ``store``, each batch's messages are also kept in the run store until the batch
+    closes, so the fleet can publish a case again if its message is lost (worker/recovery.py).
     """
     sent = cases = 0
     with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_PIPELINE) as pipeline, \
             _publishing_through(app, producer):
         for index, messages in batches:
-            header = [
-                app.signature(
-                    RUN_CASE,
-                    args=(message.with_batch(index).to_wire(),),
-                    task_id=broker_task_id(run_id, message.task.task_id, index, round_),
-                    # What Flower and logs show instead of the whole message.
-                    argsrepr=f"{run_id} {message.task.task_id}",
-                    soft_time_limit=message.policy.timeout_per_task + SOFT_LIMIT_GRACE,
-                    time_limit=message.policy.timeout_per_task + HARD_LIMIT_GRACE,
-                )
-                for message in messages
-            ]
+            wires = [message.with_batch(index).to_wire() for message in messages]
+            if store is not None:
+                store.keep_messages(run_id, index,
+                                    {m.task.task_id: json.dumps(w) for m, w in zip(messages, wires, strict=True)})
+            header = [case_signature(app, wire, broker_task_id(run_id, message.task.task_id, index, round_),
+                                     message.policy)
+                      for message, wire in zip(messages, wires, strict=True)]
             body = app.signature(FINISH_BATCH, args=(run_id, index, batch_count),
                                  task_id=finish_task_id(run_id, index, round_))
             chord(header, body).apply_async(producer=producer)
@@ -145,7 +146,7 @@ def create_run(store: RunStore, manifest: RunManifest, executor: str = "plan",
         partial.replace(manifest_file)  # a manifest on disk is always whole
     # The store times the run from now (the manifest's created_at may come from an injected clock).
     store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), manifest.batch_count,
-                     datetime.now(timezone.utc), manifest.gates.pass_rate)
+                     datetime.now(timezone.utc), manifest.gates.pass_rate, manifest.execution_policy.batch_size)
 
 
 def publish_run(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan",
@@ -164,7 +165,7 @@ def publish_run(app: Celery, store: RunStore, manifest: RunManifest, executor: s
 
     try:
         sent = publish(app, run_id, enumerate(case_messages(manifest, executor)), manifest.batch_count,
-                       after_chord=after_chord)
+                       after_chord=after_chord, store=store)
     except Exception as exc:
         info = _safe_info(store, run_id)
         with suppress(Exception):

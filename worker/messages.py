@@ -14,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..config.manifest import Task
 from ..config.plan import RateControl, RetryPolicy, WorkflowConfig
 
+# A wait for the run's cooldown or a rate-limit instant longer than this is not slept on a
+# worker thread: the case goes back to the queue until then (other runs get the thread).
+LONG_WAIT = 2.0
+SOFT_LIMIT_GRACE = 5.0
+HARD_LIMIT_GRACE = 10.0
+
 
 class AttemptPolicy(BaseModel):
     """The slice of the execution policy one case needs."""
@@ -25,6 +31,20 @@ class AttemptPolicy(BaseModel):
     max_failures: int | None = None
     concurrency: int = 5
     rate_control: RateControl | None = None
+    # The longest a delivery waits for its slot, cooldown and rate instant before it goes back
+    # to the queue (the producer's DIFY_RUNNER_ADMISSION_WAIT): Celery's time limits include it.
+    admission_wait: float = Field(30.0, gt=0)
+
+    def time_limits(self) -> tuple[float, float]:
+        """Celery's (soft, hard) time limits for one delivery of a case.
+
+        They only back up the attempt's own deadline (prefork enforces them; threads cannot),
+        and Celery counts them from the task's start, which includes admission: so they are
+        the attempt's timeout plus the longest admission (two waits of at most LONG_WAIT past
+        the slot) plus a grace for stopping the abandoned Dify run.
+        """
+        soft = self.timeout_per_task + self.admission_wait + 2 * LONG_WAIT + SOFT_LIMIT_GRACE
+        return soft, soft + HARD_LIMIT_GRACE
 
 
 class CaseMessage(BaseModel):

@@ -14,20 +14,21 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
-from celery import Celery, Task
+from celery import Celery, Signature, Task
 from celery.exceptions import Retry
 from pydantic import ValidationError
 
 from ..config.settings import Settings
 from .answer_guard import AnswerGuard
 from .batches import close_batch
+from .case_request import CaseRequest
 from .converter import STATUS_MAP
 from .dify_answers import AnswerKind
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
-from .messages import CaseMessage
+from .messages import AttemptPolicy, CaseMessage
 from .models import AttemptRecord, TaskResult, TaskStatus, TestResult
-from .run_control import Admission, RunGate
+from .run_control import Admission, Later, RunGate
 from .store import RunStore, connect
 
 RUN_CASE = "dify_runner.run_case"
@@ -57,9 +58,9 @@ class WorkerRuntime:
         self.store = RunStore(client, self.settings.result_ttl_seconds)
         self.gate = RunGate(client, self.settings.result_ttl_seconds)
         self.guard = AnswerGuard(client, self.settings.result_ttl_seconds)
-        # A case waits this long for a concurrency slot, then goes back to the queue: its
-        # message must be acknowledged well within the broker's visibility timeout.
-        self.max_slot_wait = min(30.0, self.settings.visibility_timeout / 3)
+        # A case waits at most its policy's admission_wait for a concurrency slot, then goes
+        # back to the queue: its message must be acknowledged well within the visibility timeout.
+        self.max_slot_wait = self.settings.visibility_timeout / 3
         # One httpx pool per process, as large as the cases it runs at once.
         self.pool_size = max(1, int(app.conf.worker_concurrency or 10))
         self._dify: DifyClient | None = None
@@ -95,14 +96,26 @@ def runtime(app: Celery) -> WorkerRuntime:
     return current
 
 
+def case_signature(app: Celery, wire: dict[str, Any], broker_id: str, policy: AttemptPolicy) -> Signature:
+    """The ``run_case`` task of one case's message, with Celery's time limits for it."""
+    soft, hard = policy.time_limits()
+    # argsrepr: what Flower and logs show instead of the whole message.
+    return app.signature(RUN_CASE, args=(wire,), task_id=broker_id, argsrepr=broker_id.replace(":", " ", 1),
+                         soft_time_limit=soft, time_limit=hard)
+
+
 def register_tasks(app: Celery) -> None:
     """Register the tasks on ``app`` (called by create_app)."""
 
     # shared=False: each app (fleet, embedded, tests) gets its own task objects.
-    @app.task(name=RUN_CASE, bind=True, ignore_result=True, max_retries=None, shared=False)
+    # ignore_result=True although run_case is a chord member: Celery's BaseBackend.mark_as_done
+    # (celery/backends/base.py) skips storing an ignored result but still calls
+    # on_chord_part_return with the return value, which the Redis backend pushes into the
+    # chord's own list; so the chord gets every part and no per-task result key is written.
+    @app.task(name=RUN_CASE, bind=True, ignore_result=True, max_retries=None, shared=False, Request=CaseRequest)
     def run_case(self: Task, message: dict[str, Any], history: list[dict[str, Any]] | None = None,
-                 wait_until: float | None = None, throttled: int = 0) -> dict[str, Any]:
-        return execute_case(self, message, history or [], wait_until, throttled)
+                 wait_until: float | None = None, throttled: int = 0, rate_reserved: bool = False) -> dict[str, Any]:
+        return execute_case(self, message, history or [], wait_until, throttled, rate_reserved)
 
     # The batch's results (references to the stored ones, or the results themselves when
     # storing failed) travel in this message: a Redis hiccup while storing the batch is
@@ -115,11 +128,12 @@ def register_tasks(app: Celery) -> None:
 
 def execute_case(
     task: Task, raw: dict[str, Any], raw_history: list[dict[str, Any]], wait_until: float | None = None,
-    throttled: int = 0,
+    throttled: int = 0, rate_reserved: bool = False,
 ) -> dict[str, Any]:
     """One delivery of a case: an attempt (or a step of a retry's wait), then either a
     Celery retry or a final TaskResult. ``throttled``: answers so far that refused to start
-    the run for load (they are not attempts)."""
+    the run for load (they are not attempts); ``rate_reserved``: the case waited for a
+    rate-limit instant it had booked, which has come."""
     try:
         message = CaseMessage.model_validate(raw)
         history = [AttemptRecord.model_validate(h) for h in raw_history]
@@ -131,7 +145,7 @@ def execute_case(
     rt: WorkerRuntime | None = None
     try:
         rt = runtime(task.app)
-        return _attempt_or_retry(task, rt, message, raw, attempt, history, wait_until, throttled)
+        return _attempt_or_retry(task, rt, message, raw, attempt, history, wait_until, throttled, rate_reserved)
     except Retry:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug here must not break the chord
@@ -143,7 +157,7 @@ def execute_case(
 
 def _attempt_or_retry(
     task: Task, rt: WorkerRuntime, message: CaseMessage, raw: dict[str, Any], attempt: int,
-    history: list[AttemptRecord], wait_until: float | None, throttled: int,
+    history: list[AttemptRecord], wait_until: float | None, throttled: int, rate_reserved: bool = False,
 ) -> dict[str, Any]:
     hooks = hooks_for(message.run_id)
 
@@ -156,10 +170,13 @@ def _attempt_or_retry(
         return _cancelled(rt, message, attempt, history, hooks, throttled)
     if wait_until is not None and wait_until - time.time() > 0.001:
         # Still waiting for this retry: hop again, so a cancel is seen within a hop.
-        raise _retry(task, raw, history, wait_until, throttled)
+        raise _retry(task, raw, history, wait_until, throttled, rate_reserved)
     policy = message.policy
-    with rt.gate.admit(message.run_id, message.task.task_id, policy.concurrency, policy.rate_control,
-                       message.workflow.base_url, cancelled, rt.max_slot_wait) as admission:
+    with rt.gate.admit(message.run_id, message.task.task_id, policy.concurrency,
+                       None if rate_reserved else policy.rate_control, message.workflow.base_url, cancelled,
+                       min(rt.max_slot_wait, policy.admission_wait)) as admission:
+        if isinstance(admission, Later):  # off the worker thread until then (the slot goes back)
+            raise _retry(task, raw, history, admission.at, throttled, admission.reserved)
         if admission is Admission.ENDED:
             # A second delivery of a case that already ended (its worker died before the
             # acknowledgement, or resume raced it): its result is stored; never call Dify again.
@@ -232,7 +249,7 @@ def _wait_out(
 
 
 def _retry(task: Task, raw: dict[str, Any], history: list[AttemptRecord], wait_until: float | None,
-           throttled: int = 0) -> Retry:
+           throttled: int = 0, rate_reserved: bool = False) -> Retry:
     """Re-queue the case; it waits at most RETRY_HOP_SECONDS per hop until ``wait_until``.
 
     Short hops keep every ETA far below the broker's visibility timeout (kombu#337) and
@@ -242,7 +259,7 @@ def _retry(task: Task, raw: dict[str, Any], history: list[AttemptRecord], wait_u
     return task.retry(
         args=(raw,),
         kwargs={"history": [h.model_dump(mode="json") for h in history], "wait_until": wait_until,
-                "throttled": throttled},
+                "throttled": throttled, "rate_reserved": rate_reserved},
         countdown=countdown,
         max_retries=None,
     )
@@ -337,6 +354,21 @@ def _record_end(rt: WorkerRuntime, message: CaseMessage, status: TaskStatus, res
         rt.store.cancel(message.run_id, f"stopped: max_failures ({max_failures}) reached")
 
 
+def timed_out(app: Celery, args: Any, kwargs: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    """Celery's hard time limit killed a delivery of a case (case_request.py): its final TIMEOUT."""
+    raw = args[0] if args else {}
+    try:
+        message = CaseMessage.model_validate(raw)
+        history = [AttemptRecord.model_validate(h) for h in (kwargs or {}).get("history") or []]
+    except ValidationError as exc:
+        return _unreadable_message(raw, exc)
+    outcome = AttemptOutcome(TaskStatus.TIMEOUT, datetime.now(timezone.utc), timeout,
+                             f"killed by Celery's hard time limit ({timeout:g} s): the worker process was stuck",
+                             retryable=False)
+    return _finish(runtime(app), message, len(history) + 1, history, outcome,
+                   throttled=int((kwargs or {}).get("throttled") or 0))
+
+
 def _unreadable_message(raw: Any, exc: ValidationError) -> dict[str, Any]:
     """A message this worker cannot read still yields a result, so the chord completes."""
     log.error("unreadable case message: %s", exc)
@@ -353,4 +385,4 @@ def _unreadable_message(raw: Any, exc: ValidationError) -> dict[str, Any]:
 
 def store_batch(rt: WorkerRuntime, results: list[dict[str, Any]], run_id: str, batch: int, batch_count: int) -> None:
     """The chord callback: convert a batch's TaskResults and store them with a summary."""
-    close_batch(rt.store, run_id, batch, batch_count, results)
+    close_batch(rt.store, run_id, batch, batch_count, results, require_complete=True)

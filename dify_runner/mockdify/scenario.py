@@ -59,6 +59,8 @@ class Behaviour(BaseModel):
     stream_error: MockError | None = None  # an `error` event after the run started
     retry_after: float | None = Field(None, ge=0)
     hang: bool = False  # accept, then never answer
+    # The first N runs of this case (its input `query`) answer HTTP 500 before starting.
+    fail_times: int = Field(0, ge=0)
     trickle: bool = False  # answer one byte at a time, forever
     garbage: bool = False  # a 200 whose body is not Dify's protocol
     truncate: bool = False  # the stream stops before workflow_finished

@@ -12,7 +12,7 @@ import asyncio
 import json
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -77,6 +77,7 @@ class MockDify:
         self.by_task: dict[str, MockRun] = {}
         self.random = random.Random(0)
         self.accepted = 0  # runs accepted, for the quota
+        self.failed: Counter[str] = Counter()  # fail_times answers given, by query
         # Runs that may still go on in "Dify", whether or not their client listens.
         self.active: set[MockRun] = set()
 
@@ -162,12 +163,18 @@ class MockDify:
         throttled = self.throttled()
         if throttled is not None:
             return throttled
+        query = inputs.get("query")
+        if behaviour.fail_times and isinstance(query, str) and self.failed[query] < behaviour.fail_times:
+            self.failed[query] += 1
+            return self.reply(_json(error_body(500, "internal_server_error", "mock: fail_times"), 500))
         if behaviour.error is not None:
             headers = {"Retry-After": f"{behaviour.retry_after:g}"} if behaviour.retry_after is not None else None
             return self.reply(_json(behaviour.error.body(), behaviour.error.http_status, headers))
         status = behaviour.status or ("failed" if self.random.random() < self.options.fail_rate else "succeeded")
         run = MockRun(inputs, user, behaviour, status, self.options.price_format)
         self.accepted += 1
+        if isinstance(inputs.get("query"), str):
+            self.stats.queries[inputs["query"]] += 1
         if not behaviour.hang and not behaviour.trickle:
             run.ends_at = run.started + self.latency(behaviour)
         if self.options.max_execution_time is not None:
@@ -334,6 +341,7 @@ class MockDify:
         self.stats.reset()
         self.active.clear()
         self.accepted = 0
+        self.failed.clear()
         return _json({"result": "success"})
 
 

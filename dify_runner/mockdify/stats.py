@@ -27,6 +27,8 @@ class MockStats:
         self.stops = 0  # stop requests
         self.stopped_runs = 0  # runs a stop request ended
         self.refused: Counter[str] = Counter()  # runs refused by a limit, by error code
+        # Runs accepted per value of the input `query`: how often each case called Dify.
+        self.queries: Counter[str] = Counter()
 
     def begin(self, path: str, api_key: str | None) -> None:
         self.requests += 1
@@ -54,6 +56,7 @@ class MockStats:
             "stops": self.stops,
             "stopped_runs": self.stopped_runs,
             "refused": dict(self.refused),
+            "queries": dict(self.queries),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "paths": dict(self.paths),
             "keys": dict(self.keys),
