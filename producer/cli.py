@@ -310,9 +310,24 @@ def cmd_worker(args: argparse.Namespace, console: Console, settings: Settings) -
     from ..worker.app import create_app
 
     app = create_app(args.broker or settings.broker_url, settings)
-    argv = ["worker", "--pool", args.pool, "--concurrency", str(args.concurrency), *args.celery_args]
-    app.worker_main(argv)
+    app.worker_main(worker_argv(args.pool, args.concurrency, args.celery_args))
     return EXIT_OK
+
+
+def worker_argv(pool: str, concurrency: int, extra: list[str]) -> list[str]:
+    """`celery worker` arguments: the pool, the concurrency, then ``extra`` as given, with
+    defaults for what it leaves out: task events on (Flower sees the worker and its tasks),
+    log level INFO, and a node name of its own (``worker-<pid>@<host>``: two workers on one
+    host must not share ``celery@host``)."""
+    argv = ["worker", "--pool", pool, "--concurrency", str(concurrency), *extra]
+    given = {a.split("=", 1)[0] for a in extra}
+    if not given & {"-n", "--hostname"}:
+        argv += ["--hostname", f"worker-{os.getpid()}@%h"]
+    if not given & {"-E", "--task-events"}:
+        argv.append("--task-events")
+    if not given & {"-l", "--loglevel"}:
+        argv += ["--loglevel", "INFO"]
+    return argv
 
 
 def cmd_mock_dify(args: argparse.Namespace, console: Console, settings: Settings) -> int:
@@ -339,7 +354,11 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "worker":
+        parser.parse_args(argv)  # says which arguments are unknown, and exits 2
+    args.celery_args = extra  # `worker`: what it does not know goes to celery
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console()

@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what workers and the producer do")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
         p.add_argument("--broker", metavar="URL", type=broker_url,
                        help="Redis URL shared with the workers (default: $DIFY_RUNNER_BROKER_URL)")
         return p
@@ -120,10 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remote", action="store_true",
                    help="also ask each workflow's Dify (GET /info and /parameters, with the key from this "
                    "environment) whether the key, URL, app mode and every case's inputs fit")
-    p = add("worker", "start a fleet worker (celery worker on the threads pool); extra args go to celery")
+    p = add("worker", "start a fleet worker (celery worker on the threads pool); other options go to celery",
+            "Start a fleet worker: `celery worker` with dify-runner's app. Options this command does not "
+            "know go to celery as given (e.g. --loglevel DEBUG, -n w1@%%h, --max-memory-per-child 200000); "
+            "by default it sends task events (Flower), logs at INFO and names itself worker-<pid>@<host>.")
     p.add_argument("--pool", default="threads", choices=["threads", "prefork", "gevent", "solo"])
     p.add_argument("--concurrency", type=int, default=20)
-    p.add_argument("celery_args", nargs=argparse.REMAINDER, help="more `celery worker` options")
     p = sub.add_parser("mock-dify", help="serve a mock of Dify's workflow API (for tests, benchmarks, demos)",
                        description="Serve a mock of Dify's workflow API. Cases steer it with the reserved input "
                        "key _mock, e.g. {\"_mock\": {\"status\": \"failed\"}} (see the README).")

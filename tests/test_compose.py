@@ -105,7 +105,10 @@ class LocalStack:
 
     def command(self, name: str) -> list[str]:
         service = self.services[name]
-        return [self._local(service, arg) for arg in [*service.get("entrypoint", []), *service["command"]]]
+        argv = [self._local(service, arg) for arg in [*service.get("entrypoint", []), *service["command"]]]
+        if name == "mock-dify":  # its container port, published on the host as MOCK_DIFY_PORT
+            argv[argv.index("--port") + 1] = str(self.ports["mock"])
+        return argv
 
     def env(self, name: str) -> dict[str, str]:
         service = self.services[name]

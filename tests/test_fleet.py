@@ -70,3 +70,40 @@ def test_a_slow_case_ends_timeout_on_prefork_workers_too(tmp_path: Path, fleet: 
     results = {r["workflow_id"]: r for r in json.loads((run_dir / "report.json").read_text())["results"]}
     assert results["slow"]["status"] == "timeout" and results["fast"]["status"] == "success"
     assert 0.5 <= results["slow"]["execution_time"] < 1.5
+
+
+def test_dify_runner_worker_passes_celery_options_through(tmp_path: Path, redis_url: str) -> None:
+    """`dify-runner worker` is the README's way to start a worker: celery's own options reach it."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from dify_runner.config.settings import Settings
+    from dify_runner.producer.embedded import stop_processes
+    from dify_runner.worker.app import create_app
+
+    from .conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFY_RUNNER_")}
+    log = tmp_path / "worker.log"
+    proc = subprocess.Popen([sys.executable, "-m", "dify_runner", "worker", "--broker", redis_url, "--concurrency", "2",
+                             "-n", "cli-worker@%h", "--loglevel", "DEBUG", "--without-mingle"],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        app = create_app(redis_url, Settings())
+        name = f"cli-worker@{socket.gethostname()}"
+        for _ in range(200):  # counted tries, each waiting up to 0.5 s for replies
+            if any(name in reply for reply in app.control.ping(timeout=0.5)):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(log.read_text())
+        stats = app.control.inspect(destination=[name], timeout=2).stats() or {}
+        assert stats[name]["pool"]["max-concurrency"] == 2
+    finally:
+        stop_processes([proc], timeout=20)
+    text = log.read_text()
+    assert "task events: ON" in text  # by default: Flower sees the worker's tasks
+    assert "DEBUG" in text

@@ -16,7 +16,8 @@ from ..config.plan import RateControl, RetryPolicy, WorkflowConfig
 
 # A wait for the run's cooldown or a rate-limit instant longer than this is not slept on a
 # worker thread: the case goes back to the queue until then (other runs get the thread).
-LONG_WAIT = 2.0
+# Short: a run limited to R per second keeps about R x LONG_WAIT / 2 threads asleep.
+LONG_WAIT = 0.25
 SOFT_LIMIT_GRACE = 5.0
 HARD_LIMIT_GRACE = 10.0
 
