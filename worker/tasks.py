@@ -99,8 +99,8 @@ def runtime(app: Celery) -> WorkerRuntime:
 def case_signature(app: Celery, wire: dict[str, Any], broker_id: str, policy: AttemptPolicy) -> Signature:
     """The ``run_case`` task of one case's message, with Celery's time limits for it."""
     soft, hard = policy.time_limits()
-    # argsrepr: what Flower and logs show instead of the whole message.
-    return app.signature(RUN_CASE, args=(wire,), task_id=broker_id, argsrepr=broker_id.replace(":", " ", 1),
+    # argsrepr: what Flower and logs show instead of the whole message: "<run id> <case's task id>".
+    return app.signature(RUN_CASE, args=(wire,), task_id=broker_id, argsrepr=" ".join(broker_id.split(":")[:2]),
                          soft_time_limit=soft, time_limit=hard)
 
 
