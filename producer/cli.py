@@ -386,9 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except RunStalled as exc:
         run_id, seconds = exc.args
-        error(f"run {run_id!r} made no progress for {seconds:g} s: no worker is alive, or messages were lost "
-              f"(a worker killed while taking one). `dify-runner resume {run_id}` submits its unfinished cases "
-              "again; `dify-runner status` shows it")
+        error(f"run {run_id!r} made no progress for {seconds:g} s: no worker is alive (live workers give a dead "
+              f"one's cases back, and publish lost messages again, by themselves). Start a worker, or "
+              f"`dify-runner resume {run_id}` submits its unfinished cases again; `dify-runner status` shows it")
         return EXIT_INFRA
     except PublishingIncomplete as exc:
         error(f"run {exc.run_id!r}: {exc.cause}; " + incomplete_text(exc.run_id, exc.published, exc.total))

@@ -14,7 +14,7 @@ from typing import Any
 
 from .converter import STATUS_MAP, ResultConverter
 from .messages import CaseMessage
-from .models import TaskResult, TaskStatus, TestResult
+from .models import FAILURE_STATUSES, TaskResult, TaskStatus, TestResult
 from .statistics import BatchSummary
 from .store import RunStore, run_key
 
@@ -144,5 +144,5 @@ def _record_inline(store: RunStore, run_id: str, batch: int, results: list[dict[
     for item in inline:
         result = TaskResult.model_validate(item)
         store.record_end(run_id, batch, result.task_id, result.model_dump_json(), result.task_status.value,
-                         result.task_status in (TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR), pipe=pipe)
+                         result.task_status in FAILURE_STATUSES, pipe=pipe)
     pipe.execute()

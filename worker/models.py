@@ -41,6 +41,8 @@ class TaskStatus(str, Enum):
         return self in (TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR)
 
 
+# Ends that count toward stop_conditions.max_failures.
+FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR})
 FINAL_TASK_STATUSES = frozenset(
     {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.CANCELLED, TaskStatus.ERROR}
 )

@@ -27,7 +27,7 @@ from .dify_answers import AnswerKind
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import AttemptPolicy, CaseMessage
-from .models import AttemptRecord, TaskResult, TaskStatus, TestResult
+from .models import FAILURE_STATUSES, AttemptRecord, TaskResult, TaskStatus, TestResult
 from .run_control import Admission, Later, RunGate
 from .store import RunStore, connect
 
@@ -39,8 +39,6 @@ RETRY_HOP_SECONDS = 5.0
 THROTTLE_WAIT_MAX = 2.0
 # How stale a worker's view of a run's cancel flag may be.
 CANCEL_CHECK_SECONDS = 0.25
-FAILURE_STATUSES = frozenset({TaskStatus.FAILED, TaskStatus.TIMEOUT, TaskStatus.ERROR})
-# Statuses whose latency is a real answer time (a timeout's latency is the timeout).
 
 log = logging.getLogger("dify_runner.worker")
 
