@@ -49,9 +49,10 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def slow_plan(tmp_path: Path) -> Path:
-    # 40 cases of 0.3 s at concurrency 2: about 6 s, time to type.
+    # 40 cases of 0.3 s at concurrency 1: about 12 s, time to type even on a loaded machine
+    # (where the test may see the first "succeeded" seconds after it was printed).
     return write_plan(tmp_path, stub_plan([{"id": f"c{i:02d}"} for i in range(CASES)],
-                                          stub={"simulated_delay": 0.3}, execution={"concurrency": 2}))
+                                          stub={"simulated_delay": 0.3}, execution={"concurrency": 1}))
 
 
 class Terminal:

@@ -11,7 +11,8 @@ worker runs a ``FleetWatch`` consumer step (a Celery bootstep): a thread that
 - **sweeps**, one worker of the fleet at a time (a lock), every SWEEP_SECONDS:
   a message delivered more than ORPHAN_AFTER seconds ago that no live worker holds is put
   back at the head of its queue (kombu's ``restore_by_tag``): its worker died. Then every
-  unfinished run's batches whose cases have all ended and that no chord callback closed
+  unfinished run's batches whose cases had all ended at the previous sweep already, and that
+  no chord callback closed
   (the callback was lost, gave up, or fired early on a double-counted redelivery) are
   closed from the run store, and the run finished. A published run that has not moved for
   STUCK_AFTER seconds is searched for lost messages (kombu pops a message with BRPOP before
@@ -173,9 +174,17 @@ class Sweeper:
                 continue
             done = self.store.done_batches(run_id)
             ends = self.store.redis.hkeys(run_key(run_id, "batch_ends"))
+            # A full batch is closed here only if it was full at an earlier sweep too: its chord
+            # callback normally comes within milliseconds and is left to do it.
+            full_key = run_key(run_id, "full")
+            seen_full = {int(b) for b in self.store.redis.smembers(full_key)}
             for batch in sorted(int(b) for b in ends):
-                if batch not in done and batch_complete(self.store, run_id, batch) and \
-                        close_batch(self.store, run_id, batch, info.batch_count, require_complete=True):
+                if batch in done or not batch_complete(self.store, run_id, batch):
+                    continue
+                if batch not in seen_full:
+                    self.store.redis.sadd(full_key, batch)
+                    self.store.redis.expire(full_key, self.store.ttl)
+                elif close_batch(self.store, run_id, batch, info.batch_count, require_complete=True):
                     closed += 1
                     log.warning("fleet watch: run %s batch %d closed (its chord callback did not)", run_id, batch)
             if len(self.store.done_batches(run_id)) >= info.batch_count:
