@@ -49,10 +49,9 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def slow_plan(tmp_path: Path) -> Path:
-    # 40 cases of 0.3 s at concurrency 1: about 12 s, time to type even on a loaded machine
-    # (where the test may see the first "succeeded" seconds after it was printed).
+    # 40 cases of 0.3 s at concurrency 2: about 6 s, time to type.
     return write_plan(tmp_path, stub_plan([{"id": f"c{i:02d}"} for i in range(CASES)],
-                                          stub={"simulated_delay": 0.3}, execution={"concurrency": 1}))
+                                          stub={"simulated_delay": 0.3}, execution={"concurrency": 2}))
 
 
 class Terminal:
@@ -63,6 +62,9 @@ class Terminal:
         env.update(TERM="xterm-256color", COLUMNS="120", LINES="40")
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: its own session, the pty as its controlling terminal
+            # A shell starts a terminal's programs with SIGINT at its default; a suite run as a
+            # background job (`nohup ... &`) would hand its own ignored SIGINT down instead.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.chdir(cwd)
             os.execvpe(argv[0], argv, env)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))

@@ -87,7 +87,7 @@ class RunGate:
     @contextmanager
     def admit(
         self, run_id: str, task_id: str, concurrency: int, rate: RateControl | None, base_url: str,
-        cancelled: Callable[[], bool], max_wait: float,
+        cancelled: Callable[[], bool], max_wait: float, booked: float | None = None,
     ) -> Iterator[Admission | Later]:
         """Wait for a slot, the cooldown and the rate limit. Yields ADMITTED (the slot is
         held for the block, or until ``release_into``), CANCELLED (the run was cancelled
@@ -95,7 +95,10 @@ class RunGate:
         than hold its message past the broker's visibility timeout), ENDED (the case
         already has a final result) or Later (the cooldown or the rate-limit instant is more
         than LONG_WAIT away: the caller re-queues the case until then, so that a waiting
-        case does not hold a worker thread that another run's cases could use)."""
+        case does not hold a worker thread that another run's cases could use). ``booked``:
+        the rate-limit instant (epoch s) this case booked before it was re-queued: it is waited
+        for instead of booking another, unless it passed more than LONG_WAIT ago (a late case
+        using an old instant would bunch with the punctual ones: it books again)."""
         taken = self._take_slot(run_id, task_id, concurrency, cancelled, time.monotonic() + max_wait)
         if isinstance(taken, Admission):
             yield taken
@@ -103,13 +106,13 @@ class RunGate:
         lease, cooldown_ms = taken
         self._local.lease = lease
         try:
-            yield self._pass_waits(run_id, rate, base_url, cancelled, cooldown_ms)
+            yield self._pass_waits(run_id, rate, base_url, cancelled, cooldown_ms, booked)
         finally:
             self._local.lease = None
             self._release(lease)
 
     def _pass_waits(self, run_id: str, rate: RateControl | None, base_url: str, cancelled: Callable[[], bool],
-                    cooldown_ms: float) -> Admission | Later:
+                    cooldown_ms: float, booked: float | None = None) -> Admission | Later:
         """The cooldown, then the rate-limit instant: short waits are slept, long ones are Later."""
         while cooldown_ms > 0:
             if cooldown_ms > LONG_WAIT * 1000:
@@ -118,7 +121,10 @@ class RunGate:
                 return Admission.CANCELLED
             time.sleep(min(cooldown_ms / 1000, 0.5))
             cooldown_ms = self._cooldown_ms(run_id)
-        ms = self._reserve_ms(run_id, rate, base_url)
+        if booked is not None and time.time() - booked <= LONG_WAIT:
+            ms = max(0.0, (booked - time.time()) * 1000)
+        else:
+            ms = self._reserve_ms(run_id, rate, base_url)
         if ms > LONG_WAIT * 1000:
             return Later(time.time() + ms / 1000, reserved=True)
         return Admission.ADMITTED if self._sleep(ms, cancelled) else Admission.CANCELLED

@@ -26,7 +26,7 @@ from .converter import STATUS_MAP
 from .dify_answers import AnswerKind
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
-from .messages import AttemptPolicy, CaseMessage
+from .messages import LONG_WAIT, AttemptPolicy, CaseMessage
 from .models import FAILURE_STATUSES, AttemptRecord, TaskResult, TaskStatus, TestResult
 from .run_control import Admission, Later, RunGate
 from .store import RunStore, connect
@@ -166,13 +166,14 @@ def _attempt_or_retry(
     # as the slot.
     if _cancel_reason(rt, message, hooks) is not None:
         return _cancelled(rt, message, attempt, history, hooks, throttled)
-    if wait_until is not None and wait_until - time.time() > 0.001:
+    # A booked rate-limit instant comes back LONG_WAIT early, to be slept for precisely.
+    if wait_until is not None and wait_until - time.time() > (LONG_WAIT if rate_reserved else 0.001):
         # Still waiting for this retry: hop again, so a cancel is seen within a hop.
         raise _retry(task, raw, history, wait_until, throttled, rate_reserved)
     policy = message.policy
-    with rt.gate.admit(message.run_id, message.task.task_id, policy.concurrency,
-                       None if rate_reserved else policy.rate_control, message.workflow.base_url, cancelled,
-                       min(rt.max_slot_wait, policy.admission_wait)) as admission:
+    with rt.gate.admit(message.run_id, message.task.task_id, policy.concurrency, policy.rate_control,
+                       message.workflow.base_url, cancelled, min(rt.max_slot_wait, policy.admission_wait),
+                       booked=wait_until if rate_reserved else None) as admission:
         if isinstance(admission, Later):  # off the worker thread until then (the slot goes back)
             raise _retry(task, raw, history, admission.at, throttled, admission.reserved)
         if admission is Admission.ENDED:
@@ -253,7 +254,8 @@ def _retry(task: Task, raw: dict[str, Any], history: list[AttemptRecord], wait_u
     Short hops keep every ETA far below the broker's visibility timeout (kombu#337) and
     let a cancelled run drop its waiting retries within one hop.
     """
-    countdown = 0.0 if wait_until is None else max(0.0, min(RETRY_HOP_SECONDS, wait_until - time.time()))
+    due = None if wait_until is None else wait_until - (LONG_WAIT if rate_reserved else 0.0)
+    countdown = 0.0 if due is None else max(0.0, min(RETRY_HOP_SECONDS, due - time.time()))
     return task.retry(
         args=(raw,),
         kwargs={"history": [h.model_dump(mode="json") for h in history], "wait_until": wait_until,
