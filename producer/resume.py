@@ -92,12 +92,17 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
         # Cases that ended after the loss recorded their results in their batches: keep them.
         store.create_run(run_id, header.plan_name, header.total, planned_batches, datetime.now(timezone.utc),
                          header.pass_rate, header.batch_size)
-        store.end_publishing(run_id, PUBLISHED)
         old_batches = planned_batches
     else:
         if info.publish_state == PUBLISHING and not info.publishing_incomplete:
             raise RunBusy(f"run {run_id} is still being published by {info.publisher}")
         old_batches = max(info.batch_count, planned_batches)
+    # Held open until reopen() below says how many batches the run now has: a chord callback
+    # or the fleet sweep seeing every old batch done (this resume closes the dead ones) would
+    # otherwise finish it over the cases that had ended, as if the plan were whole. A resume
+    # killed here leaves the run publishing and waiting for a batch no one sends: the next
+    # resume closes that batch as dead.
+    store.start_publishing(run_id, old_batches + 1)
     plan = ResumePlan()
     live = live_messages(app, run_id)
     done = store.done_batches(run_id)
@@ -145,10 +150,8 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
         store.set_batch_members(run_id, index, [m.task.task_id for m in messages])
     if not new_batches:
         store.end_publishing(run_id, PUBLISHED)
-        if len(done) >= batch_count:
-            store.finalize(run_id, batch_count)
+        store.finalize(run_id)  # when every batch is done
         return plan
-    store.start_publishing(run_id)
     already = header.total - len(pending)
 
     def after_chord(batches: int, published: int) -> bool:

@@ -80,7 +80,7 @@ def test_every_report_names_missing_results_and_the_exit_code_is_3(tmp_path: Pat
     summary = BatchSummary()
     summary.add("succeeded", 0.1, 0, 0.0)
     store.save_batch("short", 0, [task], [ResultConverter.convert(task)], summary)
-    assert store.finalize("short", 1)
+    assert store.finalize("short")
     done = cli("report", "short", "--broker", redis_url, "--out", str(tmp_path))
     assert done.returncode == 3 and "2 of the plan's 3 cases have no result; no verdict" in done.stdout, done.stdout
     report = json.loads((tmp_path / "short" / "report.json").read_text())
@@ -109,6 +109,58 @@ def test_a_batch_left_live_by_resume_finishes_the_run_only_with_the_resumed_batc
     close_batch(store, "grown2", 1, 2, [])  # old count reached, the resumed batch still runs
     info = store.get_run("grown2")
     assert info is not None and not info.finished
+
+
+def test_a_finisher_that_read_the_batch_count_before_a_resume_does_not_finish_the_run(store: RunStore) -> None:
+    """CI caught this: the fleet sweep read a run (1,170 batches), a resume closed the dead ones
+    and reopened it with 1,640, then the sweep saw 1,170 done and finished the run: 260 results,
+    940 cases missing, and the resume's wait ended at once. The count is read with the done set."""
+    from dify_runner.worker.statistics import BatchSummary
+
+    store.create_run("stale", "plan", 0, 1, datetime.now(timezone.utc))
+    stale = store.get_run("stale")  # what the sweep read
+    store.save_batch("stale", 0, [], [], BatchSummary())
+    store.reopen("stale", 2, set())  # the resume adds a batch
+    assert stale is not None and store.batches_done("stale") >= stale.batch_count
+    assert not store.finalize("stale")
+    store.save_batch("stale", 1, [], [], BatchSummary())
+    assert store.finalize("stale") and not store.finalize("stale")  # once
+
+
+def test_a_resume_that_reopens_a_run_being_finished_voids_that_finish(store: RunStore,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from dify_runner.worker.statistics import BatchSummary
+
+    store.create_run("race", "plan", 0, 1, datetime.now(timezone.utc))
+    store.save_batch("race", 0, [], [], BatchSummary())
+    summaries = store.iter_summaries
+
+    def reopened_meanwhile(run_id: str, batch_count: int):  # type: ignore[no-untyped-def]
+        store.reopen("race", 2, set())  # between the claim and the statistics being written
+        return summaries(run_id, batch_count)
+
+    monkeypatch.setattr(store, "iter_summaries", reopened_meanwhile)
+    assert not store.finalize("race")
+    info = store.get_run("race")
+    assert info is not None and not info.finished and info.statistics is None and info.batch_count == 2
+
+
+def test_a_finisher_killed_half_way_is_taken_over(store: RunStore) -> None:
+    """Its claim (the time it began) stands for a minute, then the next finalize takes it over."""
+    import time
+
+    from dify_runner.worker.statistics import BatchSummary
+    from dify_runner.worker.store import FINISH_CLAIM_MS
+
+    store.create_run("dead", "plan", 0, 1, datetime.now(timezone.utc))
+    store.save_batch("dead", 0, [], [], BatchSummary())
+    now_ms = int(time.time() * 1000)
+    store.redis.hset("dify-runner:run:dead", "finishing", now_ms)  # alive: left to finish
+    assert not store.finalize("dead")
+    store.redis.hset("dify-runner:run:dead", "finishing", now_ms - FINISH_CLAIM_MS - 1)  # died
+    assert store.finalize("dead")
+    info = store.get_run("dead")
+    assert info is not None and info.finished and info.finished_at is not None
 
 
 def test_reopen_counts_progress_afresh_from_the_final_statuses_in_one_step(store: RunStore) -> None:

@@ -108,7 +108,7 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
         # A callback redelivered after its batch was saved but before the run was finished
         # (its worker died in between) still finishes the run: finalize is idempotent.
         if batch_count is not None and store.batches_done(run_id) >= batch_count:
-            store.finalize(run_id, batch_count)
+            store.finalize(run_id)
         return False
     if require_complete and not batch_complete(store, run_id, batch):
         log.info("run %s batch %d: not every case has ended yet; it closes when the last one has", run_id, batch)
@@ -129,7 +129,7 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
         done = store.save_batch(run_id, batch, task_results, test_results, summary)
     finally:
         store.redis.delete(lock)
-    if batch_count is not None and done >= batch_count and store.finalize(run_id, batch_count):
+    if batch_count is not None and done >= batch_count and store.finalize(run_id):
         log.info("run %s finished (%d batches)", run_id, batch_count)
     return True
 

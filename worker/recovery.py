@@ -188,7 +188,7 @@ class Sweeper:
                     closed += 1
                     log.warning("fleet watch: run %s batch %d closed (its chord callback did not)", run_id, batch)
             if len(self.store.done_batches(run_id)) >= info.batch_count:
-                self.store.finalize(run_id, info.batch_count)
+                self.store.finalize(run_id)
             elif info.publish_state == PUBLISHED and self._stuck(run_id, info):
                 self.republish_lost(run_id, info)
         self.closed += closed

@@ -50,6 +50,9 @@ from .statistics import BatchSummary, RunStatistics
 
 PREFIX = "dify-runner:"
 LUA = Path(__file__).with_name("lua")
+# A finisher computes a run's statistics within this long (100k cases: a few seconds); a claim
+# older than this is a dead finisher's, and the next finalize (the fleet sweep's) takes it over.
+FINISH_CLAIM_MS = 60_000
 def run_key(run_id: str, *parts: object) -> str:
     """The name of one of a run's keys: ``dify-runner:run:{id}[:part...]``."""
     return PREFIX + ":".join(["run", run_id, *map(str, parts)])
@@ -74,6 +77,8 @@ class RunStore:
         self.ttl = ttl_seconds
         self._record_end = client.register_script((LUA / "record_end.lua").read_text())
         self._recount = client.register_script((LUA / "recount.lua").read_text())
+        self._finish_begin = client.register_script((LUA / "finish_begin.lua").read_text())
+        self._finish_commit = client.register_script((LUA / "finish_commit.lua").read_text())
 
     def _key(self, run_id: str, *parts: object) -> str:
         return run_key(run_id, *parts)
@@ -149,10 +154,14 @@ class RunStore:
         pipe.delete(self._key(run_id, "publisher"))
         pipe.execute()
 
-    def start_publishing(self, run_id: str) -> None:
-        """A resume takes over publishing: mark it as this process's."""
+    def start_publishing(self, run_id: str, batch_count: int | None = None) -> None:
+        """A resume takes over publishing: mark it as this process's. With ``batch_count``, the
+        run waits for that many batches: one more than it has holds it open while the resume
+        closes dead batches, so nothing finishes it over its old batches before they are counted."""
         pipe = self.redis.pipeline()
         pipe.hset(self._key(run_id), "publish_state", PUBLISHING)
+        if batch_count is not None:
+            pipe.hset(self._key(run_id), "batch_count", batch_count)
         pipe.set(self._key(run_id, "publisher"), this_process(), ex=PUBLISHER_TTL_SECONDS)
         pipe.execute()
 
@@ -181,7 +190,7 @@ class RunStore:
         ``stale_waiting`` (their retry's message is gone) no longer waiting."""
         key = self._key(run_id)
         pipe = self.redis.pipeline()  # MULTI: the run reopens in one step
-        pipe.hdel(key, "finished_at", "statistics", "stop_reason")
+        pipe.hdel(key, "finished_at", "finishing", "statistics", "stop_reason")
         pipe.hset(key, mapping={"state": "running", "batch_count": batch_count,
                                 "resumed_at": datetime.now(timezone.utc).isoformat()})
         pipe.delete(self._key(run_id, "cancel"))
@@ -328,21 +337,24 @@ class RunStore:
         pipe.scard(done_key)
         return int(pipe.execute()[-1])
 
-    def finalize(self, run_id: str, batch_count: int) -> bool:
-        """Compute the run's statistics once every batch is stored; True for the one caller that does."""
+    def finalize(self, run_id: str) -> bool:
+        """Compute the run's statistics once every one of its batches is stored; True for the
+        one caller that does. The batch count is the run's own at this moment (finish_begin.lua);
+        a resume that reopens the run meanwhile voids the finish (finish_commit.lua), and the
+        claim of a finisher killed half way is taken over after FINISH_CLAIM_MS."""
         key = self._key(run_id)
         now = datetime.now(timezone.utc)
-        if not self.redis.hsetnx(key, "finished_at", now.isoformat()):
+        claim = str(int(now.timestamp() * 1000))
+        batch_count = int(self._finish_begin(keys=[key, self._key(run_id, "done")],
+                                             args=[claim, int(claim) - FINISH_CLAIM_MS]))
+        if batch_count < 0:
             return False
         info = self.get_run(run_id)
         assert info is not None
         duration = (now - info.created_at).total_seconds()
         statistics = RunStatistics.from_summaries(self.iter_summaries(run_id, batch_count), duration)
-        pipe = self.redis.pipeline()
-        pipe.hset(key, mapping={"state": "finished", "statistics": statistics.model_dump_json()})
-        pipe.srem(PREFIX + "active", run_id)
-        pipe.execute()
-        return True
+        return bool(self._finish_commit(keys=[key, PREFIX + "active"],
+                                        args=[claim, now.isoformat(), statistics.model_dump_json(), run_id]))
 
     # -- readers ---------------------------------------------------------------------
 

@@ -129,7 +129,7 @@ def test_wait_rides_out_a_redis_outage() -> None:
             if len(naps) == 3:
                 assert server._launch(10)  # back, with its data (appendonly)
             if len(naps) == 4:
-                store.finalize("r1", 0)
+                store.finalize("r1")
 
         info = wait_for_run(store, "r1", sleep_fn=sleep_fn)
         assert info.finished and len(naps) >= 4
