@@ -30,7 +30,7 @@ from celery.worker import WorkController
 
 from ..config.manifest import RunManifest
 from ..config.settings import Settings
-from ..worker.app import create_app
+from ..worker.app import create_app, size_pools
 from ..worker.store import RunStore, connect
 
 MIN_REDIS = (6, 2)  # kombu 5.7 needs Redis 6.2 or newer
@@ -211,7 +211,7 @@ class InProcessWorker:
         # Pool threads look tasks up on the default app (current_app is thread-local
         # and unset in them): without this they raise NotRegistered, silently.
         self.app.set_default()
-        self.app.conf.worker_concurrency = self.concurrency  # sizes the worker's HTTP pool
+        size_pools(self.app.conf, self.concurrency)  # the worker's HTTP and Redis pools
         self._controller = _ReadyWorkController(
             app=self.app,
             pool_cls="threads",

@@ -98,12 +98,24 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
     return app
 
 
+def size_pools(conf: Any, concurrency: int) -> None:
+    """Size the worker's pools from its concurrency: every thread of the pool may publish (a
+    retry), acknowledge and report to its chord at once. kombu's Redis channel holds 10
+    connections and the result backend 100 (redis-py's default), and both raise rather than
+    wait when they run dry: at 500 threads, cases met "Too many connections" (issue 17)."""
+    conf.worker_concurrency = concurrency
+    connections = concurrency + 16  # the worker's own threads (fleet watch, call watcher) too
+    conf.broker_transport_options = {**(conf.broker_transport_options or {}), "max_connections": connections}
+    conf.redis_max_connections = connections
+    conf.broker_pool_limit = max(10, concurrency)  # producers: one per publishing thread
+
+
 @celeryd_init.connect
 def _record_concurrency(conf: Any = None, options: dict[str, Any] | None = None, **_: Any) -> None:
-    """`celery worker --concurrency N` does not reach app.conf; the HTTP pool is sized from it."""
+    """`celery worker --concurrency N` does not reach app.conf; the pools are sized from it."""
     concurrency = (options or {}).get("concurrency")
     if conf is not None and concurrency:
-        conf.worker_concurrency = int(concurrency)
+        size_pools(conf, int(concurrency))
 
 
 def __getattr__(name: str) -> Celery:

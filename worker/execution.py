@@ -112,6 +112,8 @@ def run_attempt(
     try:
         value = _call_target(message, task, deadline, dify, hooks, cancelled)
         latency = time.monotonic() - clock  # the call to the target only
+        if isinstance(value, dict) and isinstance(value.get("latency"), float):
+            latency = value["latency"]  # the Dify client's: from the request written (dify_client._timed)
         test_result = _to_test_result(value, task, started_at)
         status = _STATUS_FROM_TEST[test_result.status]
         error = test_result.error_message
@@ -211,7 +213,7 @@ def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:
     metadata = {
         key: value[key]
         for key in ("workflow_run_id", "dify_task_id", "elapsed_time", "total_steps", "currency", "ttft",
-                    "time_to_first_event")
+                    "time_to_first_event", "local_wait")
         if value.get(key) is not None
     }
     if status != "succeeded":

@@ -58,15 +58,21 @@ def run_key(run_id: str, *parts: object) -> str:
     return PREFIX + ":".join(["run", run_id, *map(str, parts)])
 
 
-def connect(url: str) -> redis.Redis:
-    """A client for the run store that rides out a Redis restart or a short outage:
-    each command is retried with backoff for about half a minute before it fails."""
-    return redis.Redis.from_url(
+def connect(url: str, max_connections: int = 100) -> redis.Redis:
+    """A client for the run store that rides out a Redis restart or a short outage: each
+    command is retried with backoff for about half a minute before it fails. Its pool holds
+    ``max_connections`` (a worker sizes it from its concurrency) and a thread finding them
+    all in use waits for one (redis-py's default pool raises MaxConnectionsError instead,
+    which 500 threads met as "internal error" results, issue 17)."""
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=30,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=25),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 class RunStore:

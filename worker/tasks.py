@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 from celery import Celery, Signature, Task
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 
 from ..config.settings import Settings
@@ -32,6 +33,9 @@ from .run_control import Admission, Later, RunGate
 from .store import RunStore, connect
 
 RUN_CASE = "dify_runner.run_case"
+# Errors of the worker's own infrastructure: never a case's result (execute_case).
+INFRASTRUCTURE_ERRORS = (redis.RedisError, OperationalError)
+INFRASTRUCTURE_PAUSE = 1.0
 FINISH_BATCH = "dify_runner.finish_batch"
 # A retry's wait is cut into hops no longer than this (see _retry).
 RETRY_HOP_SECONDS = 5.0
@@ -52,7 +56,10 @@ class WorkerRuntime:
     def __init__(self, app: Celery) -> None:
         self.pid = os.getpid()
         self.settings: Settings = getattr(app, "dify_runner_settings", None) or Settings.from_env()
-        client = connect(app.dify_runner_state_url)  # type: ignore[attr-defined]
+        concurrency = max(1, int(app.conf.worker_concurrency or 10))
+        # Every thread of the pool may use Redis at once, beside this process's own threads
+        # (the call watcher, the lease keeper, the fleet watch): a connection each.
+        client = connect(app.dify_runner_state_url, max_connections=concurrency + 16)  # type: ignore[attr-defined]
         self.store = RunStore(client, self.settings.result_ttl_seconds)
         self.gate = RunGate(client, self.settings.result_ttl_seconds)
         self.guard = AnswerGuard(client, self.settings.result_ttl_seconds)
@@ -60,7 +67,7 @@ class WorkerRuntime:
         # back to the queue: its message must be acknowledged well within the visibility timeout.
         self.max_slot_wait = self.settings.visibility_timeout / 3
         # One httpx pool per process, as large as the cases it runs at once.
-        self.pool_size = max(1, int(app.conf.worker_concurrency or 10))
+        self.pool_size = concurrency
         self._dify: DifyClient | None = None
         self._cancelled: dict[str, tuple[float, str | None]] = {}
 
@@ -146,6 +153,14 @@ def execute_case(
         return _attempt_or_retry(task, rt, message, raw, attempt, history, wait_until, throttled, rate_reserved)
     except Retry:
         raise
+    except INFRASTRUCTURE_ERRORS as exc:
+        # This worker's own Redis or broker failed, not the case: its message goes back to the
+        # queue (Reject requeue: kombu restores it at the head) and it runs again once they
+        # answer. A pause first, so that a Redis that is down is not asked in a tight loop.
+        log.warning("case %s goes back to the queue: the worker's infrastructure failed (%s: %s)",
+                    message.task.task_id, type(exc).__name__, exc)
+        time.sleep(INFRASTRUCTURE_PAUSE)
+        raise Reject(f"{type(exc).__name__}: {exc}", requeue=True) from exc
     except Exception as exc:  # noqa: BLE001 - a bug here must not break the chord
         log.exception("internal error on case %s", message.task.task_id)
         now = datetime.now(timezone.utc)
