@@ -74,6 +74,10 @@ def create_app(broker_url: str | None = None, settings: Settings | None = None) 
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         result_expires=settings.result_ttl_seconds,
+        # One result backend (and Redis pool) per process, not one per thread: Celery's
+        # default builds a backend per thread, which under gevent means one per task, each
+        # with a new connection (issue 17's profile). redis-py's pool is thread-safe.
+        result_backend_thread_safe=True,
         # Unacked messages (running, or waiting for a retry ETA) are redelivered after
         # this; retry waits are cut into hops of a few seconds, far below it (kombu#337).
         broker_transport_options={

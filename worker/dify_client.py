@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -83,21 +84,21 @@ class ConfigurationError(DifyRunnerError):
 
 
 class DifyClient:
-    """Runs workflows over httpx: one small ``httpx.Client`` per thread, sharing one SSL context.
+    """Runs workflows over httpx: a free list of small ``httpx.Client`` objects sharing one
+    SSL context; a call takes one, and gives it back (its connection kept alive) when done.
 
-    A thread runs one call at a time, so its own client needs one connection, kept alive
-    between its calls. One client shared by every thread (the first design) scans its whole
-    pool on each request and each response under one lock (httpcore): at 500 threads, a
-    thousand 5-s calls cost 14 ms of CPU each and came back seconds late; per thread, 1.6 ms
-    and on time (issue 17).
+    One client shared by every thread (the first design) scans its whole pool on each
+    request and response under one lock (httpcore): at 500 threads, a thousand 5-s calls
+    cost 14 ms of CPU each and came back seconds late; with a client per call in flight,
+    1.6 ms and on time (issue 17). A free list rather than a client per thread, because a
+    gevent worker runs each task in a new greenlet: "per thread" would be per task there.
     """
 
     def __init__(self, pool_size: int = 100) -> None:
-        self.pool_size = pool_size  # the threads (and so the connections) it serves at most
+        self.pool_size = pool_size  # calls in flight at once, at most: the clients kept idle
         self._ssl = httpx.create_ssl_context()  # built once: loading the CA bundle costs ms
-        self._local = threading.local()
+        self._idle: list[httpx.Client] = []
         self._lock = threading.Lock()
-        self._clients: list[httpx.Client] = []
         # Stops are sent from short-lived threads (watcher.py): one shared client for them.
         self._stops = self._new_client(max_connections=8)
 
@@ -109,19 +110,25 @@ class DifyClient:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         return httpx.Client(verify=self._ssl, limits=limits, http2=False, follow_redirects=False)
 
-    @property
-    def http(self) -> httpx.Client:
-        """This thread's client."""
-        client: httpx.Client | None = getattr(self._local, "client", None)
+    @contextmanager
+    def _client(self) -> Iterator[httpx.Client]:
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
         if client is None:
-            client = self._local.client = self._new_client()
+            client = self._new_client()
+        try:
+            yield client
+        finally:
             with self._lock:
-                self._clients.append(client)
-        return client
+                keep = len(self._idle) < self.pool_size
+                if keep:
+                    self._idle.append(client)
+            if not keep:
+                client.close()
 
     def close(self) -> None:
         with self._lock:
-            clients, self._clients = self._clients, []
+            clients, self._idle = self._idle, []
         for client in [*clients, self._stops]:
             client.close()
 
@@ -173,7 +180,7 @@ class DifyClient:
                 result["written_at"] = time.monotonic()
 
         try:
-            with self.http.stream(
+            with self._client() as http, http.stream(
                 "POST", f"{workflow.base_url}/workflows/run", json=body, headers=headers, timeout=timeout,
                 extensions={"trace": trace},
             ) as response:
