@@ -65,8 +65,13 @@ def _cells(s: RunStatistics) -> list[str]:
             number_text(s.latency_p99), str(s.total_tokens), cost]
 
 
+# A local wait (dify_client._timed) shorter than this is connecting, not overload: not shown.
+LOCAL_WAIT_SHOWN = 0.25
+
+
 def load_text(stats: RunStatistics) -> str | None:
-    """What Dify's load cost the run: answers waited out, runs stopped in Dify (None: nothing)."""
+    """What load cost the run: Dify's answers waited out, runs stopped in Dify, and time the
+    cases waited in overloaded workers (None: nothing worth a line)."""
     parts = []
     if stats.throttled_answers:
         parts.append(f"{stats.throttled_answers} throttled answers waited out (no attempt spent)")
@@ -74,4 +79,10 @@ def load_text(stats: RunStatistics) -> str | None:
         failed = f", {stats.dify_stop_failures} of them failed: those runs may go on in Dify" \
             if stats.dify_stop_failures else ""
         parts.append(f"{stats.dify_stops} abandoned runs stopped in Dify{failed}")
-    return "Dify: " + "; ".join(parts) if parts else None
+    text = "Dify: " + "; ".join(parts) if parts else None
+    wait = stats.local_wait_p95
+    if wait is not None and wait >= max(LOCAL_WAIT_SHOWN, 0.1 * (stats.latency_p50 or 0.0)):
+        overloaded = (f"workers: p95 {wait:.3f} s waited in the worker before the request went out (not counted "
+                      "as Dify's latency): they were overloaded; add workers or lower concurrency")
+        text = f"{text}\n{overloaded}" if text else overloaded
+    return text

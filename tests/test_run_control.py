@@ -49,8 +49,10 @@ def run_plan(tmp_path: Path, fleet: Fleet, plan: dict) -> dict:
 
 
 
-def test_concurrency_is_capped_across_the_fleet(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess) -> None:
-    fleet.start(3, concurrency=8, env=WORKER_ENV)
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_concurrency_is_capped_across_the_fleet(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess,
+                                                pool: str) -> None:
+    fleet.start(3, concurrency=8, pool=pool, env=WORKER_ENV)
     report = run_plan(tmp_path, fleet, mock_plan(mock_dify, 48, {"latency_ms": 250}, concurrency=4))
     assert report["run"]["statistics"]["succeeded_tasks"] == 48
     stats = mock_dify.stats()
@@ -126,11 +128,12 @@ def test_max_failures_stops_the_fleet(tmp_path: Path, fleet: Fleet, mock_dify: M
     assert mock_dify.stats()["runs"] < 2 * 80  # the rest never reached Dify
 
 
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
 def test_cancel_from_another_terminal(tmp_path: Path, fleet: Fleet, mock_dify: MockDifyProcess,
-                                      redis_url: str) -> None:
+                                      redis_url: str, pool: str) -> None:
     """Calls of 20 s, so the six in flight when the cancel lands can only end by being stopped
-    in Dify: counted at the mock, whatever the machine's load."""
-    fleet.start(3, concurrency=4, env=WORKER_ENV)
+    in Dify (by the worker's call watcher): counted at the mock, whatever the machine's load."""
+    fleet.start(3, concurrency=4, pool=pool, env=WORKER_ENV)
     plan = mock_plan(mock_dify, 60, {"latency_ms": 20_000}, concurrency=6)
     submitted = cli("submit", str(write_plan(tmp_path, plan)), "--broker", fleet.broker_url)
     run_id = submitted.stdout.strip().splitlines()[-1]

@@ -29,6 +29,8 @@ class BatchSummary(BaseModel):
     dify_stop_failures: int = 0
     # Latencies of cases that returned (succeeded or failed), for the percentiles.
     latencies: list[float] = Field(default_factory=list)
+    # Their time in the worker before the request went out (dify_client._timed).
+    local_waits: list[float] = Field(default_factory=list)
 
     def add(self, status: str, latency: float, tokens: int, cost: float | None,
             metadata: dict[str, object] | None = None) -> None:
@@ -47,6 +49,9 @@ class BatchSummary(BaseModel):
         # limit, a cancelled or refused case's is nothing.
         if status in ANSWERED:
             self.latencies.append(latency)
+            wait = (metadata or {}).get("local_wait")
+            if isinstance(wait, (int, float)):
+                self.local_waits.append(float(wait))
 
     def merge(self, other: BatchSummary) -> None:
         """Add ``other``'s cases to this summary."""
@@ -59,6 +64,7 @@ class BatchSummary(BaseModel):
         self.dify_stops += other.dify_stops
         self.dify_stop_failures += other.dify_stop_failures
         self.latencies += other.latencies
+        self.local_waits += other.local_waits
 
 
 class RunStatistics(BaseModel):
@@ -85,6 +91,9 @@ class RunStatistics(BaseModel):
     latency_p50: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
+    # Time answered cases spent in the worker before their request went out: high means
+    # the workers were overloaded (it is not in the latencies, which are Dify's).
+    local_wait_p95: float | None = None
 
     def counts_by_status(self) -> dict[str, int]:
         """The final statuses and how many cases ended in each, in the order reports show them."""
@@ -120,6 +129,7 @@ class RunStatistics(BaseModel):
             latency_p50=percentile(latencies, 50),
             latency_p95=percentile(latencies, 95),
             latency_p99=percentile(latencies, 99),
+            local_wait_p95=percentile(sorted(merged.local_waits), 95),
         )
 
 

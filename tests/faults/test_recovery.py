@@ -66,7 +66,7 @@ def test_a_worker_sigkilled_mid_run_gives_its_cases_back(tmp_path: Path, fleet: 
     assert sum(calls.values()) - 90 <= 8, calls
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "prefork", "gevent"])
 def test_workers_killed_again_and_again_need_no_resume(tmp_path: Path, fleet: Fleet, redis_url: str, pool: str,
                                                        mock_dify: MockDifyProcess) -> None:
     """Three workers, one SIGKILLed and replaced every ~1.5 s while cases start, run, retry

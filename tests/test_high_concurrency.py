@@ -1,0 +1,58 @@
+"""Many slow calls at once (issue 17), at test scale: concurrency 200 over two `celery worker`
+processes against the mock Dify server, on the threads pool and on gevent.
+
+What is asserted is counted: one success per case, no internal error, never more calls in
+flight than the plan's concurrency, a latency never below what the mock served (it is
+measured from the request written, so waiting in the worker is not in it) and a local wait
+on every answered case. How close the measured latency is to the served one is printed
+(`pytest -s`), not asserted: CI shares its machine. bench/bench_concurrency.py measures it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dify_runner.mockdify.process import MockDifyProcess
+
+from .conftest import Fleet, cli, write_plan
+
+pytestmark = pytest.mark.fleet
+
+CASES, CONCURRENCY, SERVED_MS = 600, 200, 1000
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_200_slow_calls_at_once_over_two_workers(tmp_path: Path, fleet: Fleet, redis_url: str,
+                                                 mock_dify: MockDifyProcess, pool: str) -> None:
+    fleet.start(2, concurrency=CONCURRENCY // 2, pool=pool, env={"MOCK_DIFY_KEY": "app-mock"})
+    plan = {"name": "many", "workflows": [{"id": "wf", "base_url": mock_dify.base_url, "api_key_env": "MOCK_DIFY_KEY",
+                                           "response_mode": "blocking"}],
+            "datasets": [{"name": "ds", "cases": [{"id": f"c{i:03d}", "inputs": {
+                "query": f"q{i}", "_mock": {"latency_ms": SERVED_MS}}} for i in range(CASES)]}],
+            "execution": {"concurrency": CONCURRENCY, "batch_size": 50}}
+    done = cli("run", str(write_plan(tmp_path, plan)), "--broker", redis_url, "--out", str(tmp_path / "runs"),
+               "--no-progress", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr + fleet.logs()[-3000:]
+    [report_file] = (tmp_path / "runs").glob("*/report.json")
+    results = json.loads(report_file.read_text())["results"]
+    assert len({r["execution_id"] for r in results}) == len(results) == CASES
+    assert {r["status"] for r in results} == {"success"}
+    assert not [r for r in results if "internal error" in (r["error_message"] or "")]
+    assert "internal error" not in fleet.logs()
+    stats = mock_dify.stats()
+    assert stats["runs"] == CASES and stats["max_in_flight"] <= CONCURRENCY
+    served = SERVED_MS / 1000
+    latencies = [r["execution_time"] for r in results]
+    waits = [r["metadata"]["local_wait"] for r in results]
+    assert min(latencies) >= served  # the request was out before the mock's clock started
+    print(f"\n{pool}: served {served:.3f} s; measured p50 {percentile(latencies, .5):.3f} p95 "
+          f"{percentile(latencies, .95):.3f} ({percentile(latencies, .95) / served:.3f}x); local_wait p95 "
+          f"{percentile(waits, .95):.3f} s; max in flight {stats['max_in_flight']}")
