@@ -47,6 +47,7 @@ from .resume import RunBusy, resume_run
 from .submission import attempt_policy_of, create_run, end_unpublished
 from .waiting import PublishingIncomplete, RunLost, RunNotFound, RunStalled
 from .watch import watch_run
+from .worker_command import cmd_worker
 
 MANIFEST_FILE = "manifest.jsonl"
 
@@ -304,30 +305,6 @@ def cmd_cancel(args: argparse.Namespace, console: Console, settings: Settings) -
     console.print(f"run {args.run_id} cancelled: cases not started end CANCELLED, streaming calls are stopped; "
                   f"`dify-runner wait {args.run_id}` shows the end", highlight=False)
     return EXIT_OK
-
-
-def cmd_worker(args: argparse.Namespace, console: Console, settings: Settings) -> int:
-    from ..worker.app import create_app
-
-    app = create_app(args.broker or settings.broker_url, settings)
-    app.worker_main(worker_argv(args.pool, args.concurrency, args.celery_args))
-    return EXIT_OK
-
-
-def worker_argv(pool: str, concurrency: int, extra: list[str]) -> list[str]:
-    """`celery worker` arguments: the pool, the concurrency, then ``extra`` as given, with
-    defaults for what it leaves out: task events on (Flower sees the worker and its tasks),
-    log level INFO, and a node name of its own (``worker-<pid>@<host>``: two workers on one
-    host must not share ``celery@host``)."""
-    argv = ["worker", "--pool", pool, "--concurrency", str(concurrency), *extra]
-    given = {a.split("=", 1)[0] for a in extra}
-    if not given & {"-n", "--hostname"}:
-        argv += ["--hostname", f"worker-{os.getpid()}@%h"]
-    if not given & {"-E", "--task-events"}:
-        argv.append("--task-events")
-    if not given & {"-l", "--loglevel"}:
-        argv += ["--loglevel", "INFO"]
-    return argv
 
 
 def cmd_mock_dify(args: argparse.Namespace, console: Console, settings: Settings) -> int:

@@ -72,8 +72,10 @@ def test_a_slow_case_ends_timeout_on_prefork_workers_too(tmp_path: Path, fleet: 
     assert 0.5 <= results["slow"]["execution_time"] < 1.5
 
 
-def test_dify_runner_worker_passes_celery_options_through(tmp_path: Path, redis_url: str) -> None:
-    """`dify-runner worker` is the README's way to start a worker: celery's own options reach it."""
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_dify_runner_worker_passes_celery_options_through(tmp_path: Path, redis_url: str, pool: str) -> None:
+    """`dify-runner worker` is the README's way to start a worker: celery's own options reach it
+    (on gevent it runs as `celery` itself, which patches the standard library first)."""
     import os
     import socket
     import subprocess
@@ -89,7 +91,7 @@ def test_dify_runner_worker_passes_celery_options_through(tmp_path: Path, redis_
     env = {k: v for k, v in os.environ.items() if not k.startswith("DIFY_RUNNER_")}
     log = tmp_path / "worker.log"
     proc = subprocess.Popen([sys.executable, "-m", "dify_runner", "worker", "--broker", redis_url, "--concurrency", "2",
-                             "-n", "cli-worker@%h", "--loglevel", "DEBUG", "--without-mingle"],
+                             "--pool", pool, "-n", "cli-worker@%h", "--loglevel", "DEBUG", "--without-mingle"],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         app = create_app(redis_url, Settings())
@@ -107,3 +109,4 @@ def test_dify_runner_worker_passes_celery_options_through(tmp_path: Path, redis_
     text = log.read_text()
     assert "task events: ON" in text  # by default: Flower sees the worker's tasks
     assert "DEBUG" in text
+    assert f"concurrency: 2 ({'gevent' if pool == 'gevent' else 'thread'})" in text, text[:3000]

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from celery import Celery
+from dify_runner.producer.embedded import InProcessWorker
+from dify_runner.worker.models import TaskStatus
+from dify_runner.worker.store import RunStore
 
 from dify_runner.mockdify.process import MockDifyProcess
 
-from .conftest import Fleet, cli, write_plan
-
-pytestmark = pytest.mark.fleet
+from .conftest import Fleet, cli, manifest_for, run_manifest, stub_plan, write_plan
 
 CASES, CONCURRENCY, SERVED_MS = 600, 200, 1000
 
@@ -29,6 +33,7 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+@pytest.mark.fleet
 @pytest.mark.parametrize("pool", ["threads", "gevent"])
 def test_200_slow_calls_at_once_over_two_workers(tmp_path: Path, fleet: Fleet, redis_url: str,
                                                  mock_dify: MockDifyProcess, pool: str) -> None:
@@ -56,3 +61,30 @@ def test_200_slow_calls_at_once_over_two_workers(tmp_path: Path, fleet: Fleet, r
     print(f"\n{pool}: served {served:.3f} s; measured p50 {percentile(latencies, .5):.3f} p95 "
           f"{percentile(latencies, .95):.3f} ({percentile(latencies, .95) / served:.3f}x); local_wait p95 "
           f"{percentile(waits, .95):.3f} s; max in flight {stats['max_in_flight']}")
+
+
+def test_a_redis_error_inside_a_case_is_not_its_result(tmp_path: Path, app: Celery, store: RunStore,
+                                                        worker: InProcessWorker,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's own Redis failing (a pool run dry, a dropped connection) is its trouble,
+    not the case's: the message goes back to the queue and the case runs again, instead of
+    ending ERROR "dify-runner internal error" as 146 cases did at concurrency 1,000."""
+    from dify_runner.worker.run_control import RunGate
+
+    real_admit = RunGate.admit
+    failed: list[str] = []
+
+    def admit_once_broken(self: RunGate, run_id: str, task_id: str, *args: Any, **kwargs: Any) -> Any:
+        if task_id.endswith("/c1") and not failed:
+            failed.append(task_id)
+            raise redis.ConnectionError("Too many connections")
+        return real_admit(self, run_id, task_id, *args, **kwargs)
+
+    monkeypatch.setattr(RunGate, "admit", admit_once_broken)
+    manifest = manifest_for(tmp_path, stub_plan([{"id": f"c{i}"} for i in range(4)]))
+    info = run_manifest(app, store, manifest)
+    results = list(store.iter_task_results(manifest.run_id, info.batch_count))
+    assert failed == ["wf/ds/c1"]
+    assert sorted(r.case_id for r in results) == ["c0", "c1", "c2", "c3"]
+    assert {r.task_status for r in results} == {TaskStatus.SUCCEEDED}
+    assert all(r.attempt_count == 1 for r in results)  # the broken delivery was no attempt

@@ -196,3 +196,23 @@ def test_progress_lines_for_ci_logs() -> None:
     line = out.getvalue().strip()
     assert line.startswith("progress r1: 40/100 succeeded=38  failed=2  retries_waiting=2  ")
     assert "/s  eta " in line and "p50 0.50s p95 1.25s  tokens 4000  cost 0.2500?  workers 3" in line
+
+
+def test_time_waited_in_overloaded_workers_is_its_own_figure_and_line() -> None:
+    """Latency is Dify's (from the request written); the time before it is local_wait, and the
+    summary names the workers when it is large, so a slow run is not blamed on Dify."""
+    from dify_runner.producer.console_summary import load_text
+    from dify_runner.worker.statistics import BatchSummary, RunStatistics
+
+    calm, busy = BatchSummary(), BatchSummary()
+    for i in range(100):
+        calm.add("succeeded", 5.0, 0, None, {"local_wait": 0.002})
+        busy.add("succeeded", 5.0, 0, None, {"local_wait": 0.002 if i < 90 else 2.0})
+    busy.add("timeout", 30.0, 0, None, {"local_wait": 9.0})  # not answered: not counted
+    quiet = RunStatistics.from_summaries([calm])
+    loaded = RunStatistics.from_summaries([busy])
+    assert quiet.latency_p95 == loaded.latency_p95 == 5.0
+    assert quiet.local_wait_p95 == 0.002 and loaded.local_wait_p95 == 2.0
+    assert load_text(quiet) is None
+    text = load_text(loaded)
+    assert text is not None and text.startswith("workers: p95 2.000 s waited in the worker") and "overloaded" in text

@@ -16,7 +16,7 @@ from .converter import STATUS_MAP, ResultConverter
 from .messages import CaseMessage
 from .models import FAILURE_STATUSES, TaskResult, TaskStatus, TestResult
 from .statistics import BatchSummary
-from .store import RunStore, run_key
+from .store import RunInfo, RunStore, run_key
 
 log = logging.getLogger("dify_runner.worker")
 
@@ -71,9 +71,11 @@ def batch_task_results(store: RunStore, run_id: str, batch: int,
 CLOSE_LOCK_MS = 60_000
 
 
-def batch_complete(store: RunStore, run_id: str, batch: int) -> bool:
-    """Whether every case of ``batch`` has ended (its end recorded in the run store)."""
-    info = store.get_run(run_id)
+def batch_complete(store: RunStore, run_id: str, batch: int, info: RunInfo | None = None,
+                   ends: int | None = None) -> bool:
+    """Whether every case of ``batch`` has ended (its end recorded in the run store).
+    ``info`` and ``ends`` (the batch's count of ends): what the caller read already."""
+    info = info or store.get_run(run_id)
     if info is None:
         return False
     expected = info.batch_cases(batch)
@@ -82,7 +84,7 @@ def batch_complete(store: RunStore, run_id: str, batch: int) -> bool:
         if not members:
             return True  # a run stored before batches were counted: trust the chord
         expected = len(members)
-    return store.batch_ends(run_id, batch) >= expected
+    return (store.batch_ends(run_id, batch) if ends is None else ends) >= expected
 
 
 def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | None,

@@ -173,13 +173,13 @@ class Sweeper:
                 self.store.redis.srem(PREFIX + "active", run_id)
                 continue
             done = self.store.done_batches(run_id)
-            ends = self.store.redis.hkeys(run_key(run_id, "batch_ends"))
+            ends = {int(b): int(n) for b, n in self.store.redis.hgetall(run_key(run_id, "batch_ends")).items()}
             # A full batch is closed here only if it was full at an earlier sweep too: its chord
             # callback normally comes within milliseconds and is left to do it.
             full_key = run_key(run_id, "full")
             seen_full = {int(b) for b in self.store.redis.smembers(full_key)}
-            for batch in sorted(int(b) for b in ends):
-                if batch in done or not batch_complete(self.store, run_id, batch):
+            for batch in sorted(ends):
+                if batch in done or not batch_complete(self.store, run_id, batch, info, ends[batch]):
                     continue
                 if batch not in seen_full:
                     self.store.redis.sadd(full_key, batch)
