@@ -7,7 +7,8 @@ COPY dify_runner dify_runner
 COPY config config
 COPY producer producer
 COPY worker worker
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# With the gevent extra, so that WORKER_POOL=gevent works (README, Pools and timeouts).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[gevent]"
 
 # Runtime stage: the package and its dependencies, no compilers, no dev tools, not root.
 FROM python:3.11-slim

@@ -203,3 +203,28 @@ def test_the_redis_container_restarted_mid_run(stack: Stack) -> None:
     report, took = run_with(stack, lambda: stack.engine.post(f"/containers/{victim}/restart", params={"t": 5}))
     print(f"\nrestart of {victim}: report whole {took:.1f} s later")
     assert len(stack.mock("/_mock/stats")["queries"]) == CASES
+
+
+def test_the_image_runs_the_demo_on_a_gevent_worker(stack: Stack) -> None:
+    """WORKER_POOL=gevent needs gevent in the image (the Dockerfile builds the gevent extra).
+    The two thread workers are stopped, so the gevent worker runs every case of the demo."""
+    threads = stack.containers("worker")
+    for name in threads:
+        stack.engine.post(f"/containers/{name}/stop", params={"t": 30})
+    gevent_worker = f"{stack.project}-gevent"
+    stack.compose("run", "-d", "--name", gevent_worker, "worker", "celery", "-A", "dify_runner.worker.app", "worker",
+                  "--pool", "gevent", "--concurrency", "50", "--hostname", "worker@%h", "--without-mingle",
+                  "--without-gossip", "--loglevel", "INFO")
+    try:
+        wait_for(lambda: stack.health(gevent_worker) == "healthy", "the gevent worker healthy", 180)
+        producer = stack.producer("/plans/compose-demo.yaml")
+        out, err = producer.communicate(timeout=300)
+        assert producer.returncode == 0, out + err
+        statistics = stack.report()["run"]["statistics"]
+        assert statistics["succeeded_tasks"] == statistics["total_tasks"] == 12
+        logs = stack.engine.get(f"/containers/{gevent_worker}/logs", params={"stdout": 1, "stderr": 1}).content
+        assert b"concurrency: 50 (gevent)" in logs
+    finally:
+        stack.engine.delete(f"/containers/{gevent_worker}", params={"force": 1})
+        for name in threads:
+            stack.engine.post(f"/containers/{name}/start")
