@@ -20,6 +20,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from dify_runner.worker.statistics import percentile
+
 from .harness import Measure, Stack, dify_runner_run, mock_dify, print_measures, print_verdicts
 from .plans import write_plan
 
@@ -54,11 +56,6 @@ class PeakSampler:
         self._thread.join()
 
 
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10_000)
@@ -86,8 +83,12 @@ def main() -> None:
             stack.close()
     [report_file] = (work / "runs").glob("*/report.json")
     results = json.loads(report_file.read_text())["results"]
-    latencies = [r["execution_time"] for r in results if r["status"] == "success"]
-    waits = [float(r["metadata"].get("local_wait") or 0.0) for r in results]
+    latencies = sorted(r["execution_time"] for r in results if r["status"] == "success")
+    waits = sorted(float(r["metadata"].get("local_wait") or 0.0) for r in results)
+
+    def p(values: list[float], q: float) -> float:
+        return percentile(values, q) or 0.0
+
     internal = sum("internal error" in (r["error_message"] or "") for r in results)
     statuses: dict[str, int] = {}
     for r in results:
@@ -98,11 +99,11 @@ def main() -> None:
                    f"over {args.workers} {args.pool} workers (ideal N x L / C = {ideal:.1f} s)", [ours])
     print(f"  results {len(results)} {statuses}; internal errors {internal}; exit {ours.extra['exit']}")
     print(f"  mock: served {served_s:.3f} s per run, max in flight {served['max_in_flight']}, runs {served['runs']}")
-    print(f"  measured latency p50/p95/p99: {percentile(latencies, .5):.3f} / {percentile(latencies, .95):.3f} / "
-          f"{percentile(latencies, .99):.3f} s; local_wait p50/p95/p99: {percentile(waits, .5):.3f} / "
-          f"{percentile(waits, .95):.3f} / {percentile(waits, .99):.3f} s")
+    print(f"  measured latency p50/p95/p99: {p(latencies, 50):.3f} / {p(latencies, 95):.3f} / "
+          f"{p(latencies, 99):.3f} s; local_wait p50/p95/p99: {p(waits, 50):.3f} / {p(waits, 95):.3f} / "
+          f"{p(waits, 99):.3f} s")
     print(f"  peaks: worker threads {peaks.threads}, Redis clients {peaks.clients}")
-    p95 = percentile(latencies, .95)
+    p95 = p(latencies, 95)
     print_verdicts([
         ("wall / ideal", ours.wall / ideal, "<= 1.15", ours.wall <= 1.15 * ideal),
         ("internal errors", float(internal), "0", internal == 0),

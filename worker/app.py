@@ -22,6 +22,7 @@ from kombu import Producer
 from ..config.settings import Settings
 from .backend import BACKEND_PATH
 from .recovery import install as install_fleet_watch
+from .store import connections_for
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 QUEUE = "dify-runner"
@@ -108,7 +109,7 @@ def size_pools(conf: Any, concurrency: int) -> None:
     connections and the result backend 100 (redis-py's default), and both raise rather than
     wait when they run dry: at 500 threads, cases met "Too many connections" (issue 17)."""
     conf.worker_concurrency = concurrency
-    connections = concurrency + 16  # the worker's own threads (fleet watch, call watcher) too
+    connections = connections_for(concurrency)
     conf.broker_transport_options = {**(conf.broker_transport_options or {}), "max_connections": connections}
     conf.redis_max_connections = connections
     conf.broker_pool_limit = max(10, concurrency)  # producers: one per publishing thread

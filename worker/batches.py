@@ -89,11 +89,11 @@ def batch_complete(store: RunStore, run_id: str, batch: int, info: RunInfo | Non
 
 def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | None,
                 results: list[dict[str, Any]] | None = None, require_complete: bool = False) -> bool:
-    """Convert and store one batch, and finish the run if it was the last of ``batch_count``
-    (None: never, the caller finishes it); False when the batch was not closed: already
-    closed (a late or redelivered callback: storing again would count its cases twice),
-    being closed by another process, or, with ``require_complete``, some of its cases have
-    not ended yet.
+    """Convert and store one batch, and finish the run if it was its last (``batch_count``: the
+    count the caller knows, at most the run's own; None: never, the caller finishes it); False
+    when the batch was not closed: already closed (a late or redelivered callback: storing
+    again would count its cases twice), being closed by another process, or, with
+    ``require_complete``, some of its cases have not ended yet.
 
     ``require_complete`` is for the chord callback and the fleet sweep: a chord may fire
     early (a case redelivered after its worker reported it to the chord but before it
@@ -101,15 +101,11 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
     """
     if results:
         _record_inline(store, run_id, batch, results)
-    if batch_count is not None:
-        # The run's count now, not the one in the chord's message: a resume may have added
-        # batches since this chord was published (its batch was live, so resume left it).
-        batch_count = max(batch_count, store.batch_count(run_id))
     if store.batch_done(run_id, batch):
         log.info("run %s batch %d is already done; late results ignored", run_id, batch)
         # A callback redelivered after its batch was saved but before the run was finished
         # (its worker died in between) still finishes the run: finalize is idempotent.
-        if batch_count is not None and store.batches_done(run_id) >= batch_count:
+        if batch_count is not None:
             store.finalize(run_id)
         return False
     if require_complete and not batch_complete(store, run_id, batch):
@@ -131,8 +127,11 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
         done = store.save_batch(run_id, batch, task_results, test_results, summary)
     finally:
         store.redis.delete(lock)
+    # finalize reads the run's count with its done set: a resume may have added batches since
+    # this chord was published (its batch was live, so resume left it). Reaching the count the
+    # caller knows only says it is worth asking.
     if batch_count is not None and done >= batch_count and store.finalize(run_id):
-        log.info("run %s finished (%d batches)", run_id, batch_count)
+        log.info("run %s finished (%d batches)", run_id, done)
     return True
 
 

@@ -189,7 +189,7 @@ class Sweeper:
                     # Info, not a warning: in a long run the callback's message waits behind the
                     # queued cases (10,000 at 5 s: most batches close here), and it is harmless.
                     log.info("fleet watch: run %s batch %d closed (its chord callback had not come)", run_id, batch)
-            if len(self.store.done_batches(run_id)) >= info.batch_count:
+            if self.store.batches_done(run_id) >= info.batch_count:  # a count: the set was read above
                 self.store.finalize(run_id)
             elif info.publish_state == PUBLISHED and self._stuck(run_id, info):
                 self.republish_lost(run_id, info)

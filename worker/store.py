@@ -53,6 +53,16 @@ LUA = Path(__file__).with_name("lua")
 # A finisher computes a run's statistics within this long (100k cases: a few seconds); a claim
 # older than this is a dead finisher's, and the next finalize (the fleet sweep's) takes it over.
 FINISH_CLAIM_MS = 60_000
+# Connections a worker's Redis pools hold beyond one per pool thread: its own threads (the
+# fleet watch, the call watcher, the lease keeper) and the consumer.
+OWN_CONNECTIONS = 16
+
+
+def connections_for(concurrency: int) -> int:
+    """How many Redis connections a worker of ``concurrency`` threads may use at once."""
+    return concurrency + OWN_CONNECTIONS
+
+
 def run_key(run_id: str, *parts: object) -> str:
     """The name of one of a run's keys: ``dify-runner:run:{id}[:part...]``."""
     return PREFIX + ":".join(["run", run_id, *map(str, parts)])

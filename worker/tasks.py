@@ -30,7 +30,7 @@ from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import LONG_WAIT, AttemptPolicy, CaseMessage
 from .models import FAILURE_STATUSES, AttemptRecord, TaskResult, TaskStatus, TestResult
 from .run_control import Admission, Later, RunGate
-from .store import RunStore, connect
+from .store import RunStore, connect, connections_for
 
 RUN_CASE = "dify_runner.run_case"
 # Errors of the worker's own infrastructure: never a case's result (execute_case).
@@ -57,16 +57,15 @@ class WorkerRuntime:
         self.pid = os.getpid()
         self.settings: Settings = getattr(app, "dify_runner_settings", None) or Settings.from_env()
         concurrency = max(1, int(app.conf.worker_concurrency or 10))
-        # Every thread of the pool may use Redis at once, beside this process's own threads
-        # (the call watcher, the lease keeper, the fleet watch): a connection each.
-        client = connect(app.dify_runner_state_url, max_connections=concurrency + 16)  # type: ignore[attr-defined]
+        # Every thread of the pool may use Redis at once, beside this process's own threads.
+        client = connect(app.dify_runner_state_url, connections_for(concurrency))  # type: ignore[attr-defined]
         self.store = RunStore(client, self.settings.result_ttl_seconds)
         self.gate = RunGate(client, self.settings.result_ttl_seconds)
         self.guard = AnswerGuard(client, self.settings.result_ttl_seconds)
         # A case waits at most its policy's admission_wait for a concurrency slot, then goes
         # back to the queue: its message must be acknowledged well within the visibility timeout.
         self.max_slot_wait = self.settings.visibility_timeout / 3
-        # One httpx pool per process, as large as the cases it runs at once.
+        # The Dify client keeps at most this many idle httpx clients: one per case in flight.
         self.pool_size = concurrency
         self._dify: DifyClient | None = None
         self._cancelled: dict[str, tuple[float, str | None]] = {}

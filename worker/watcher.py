@@ -101,9 +101,6 @@ class CallWatcher:
         with self._lock:
             self._watches.discard(watch)
 
-    def in_flight(self) -> int:
-        return len(self._watches)
-
     def _run(self) -> None:
         while True:
             with self._lock:
