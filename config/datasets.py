@@ -16,11 +16,15 @@ from .plan import CaseConfig
 MAX_DATA_BYTES = 512 * 1024 * 1024
 
 
-def read_case_file(path: Path, id_column: str | None = None) -> list[CaseConfig]:
+def read_case_file(path: Path, id_column: str | None = None, expect_columns: list[str] | None = None,
+                   ) -> list[CaseConfig]:
     """Read a ``.csv`` or ``.jsonl`` file into cases.
 
     When ``id_column`` is set, that column (CSV) or key (JSONL) names the case and is
-    removed from its inputs; otherwise cases are numbered by row.
+    removed from its inputs; otherwise cases are numbered by row. ``expect_columns`` are
+    moved from the inputs to the case's ``expect_values`` (read by row templates, never sent);
+    a row where one is missing or empty is an error naming the line. A JSONL row's ``expect``
+    object is that case's own expectations.
     """
     shown = str(path)
     suffix = path.suffix.lower()
@@ -35,11 +39,21 @@ def read_case_file(path: Path, id_column: str | None = None) -> list[CaseConfig]
             if id_column not in row:
                 raise PlanError(shown, [f"line {line}: id_column {id_column!r} is missing"])
             case_id = str(row.pop(id_column))
+        values = {}
+        for column in expect_columns or []:
+            value = row.pop(column, None)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                what = "missing" if value is None else "empty"
+                raise PlanError(shown, [f"line {line}: case {case_id or line!r}: expect column {column!r} is {what}"])
+            values[column] = value
+        own_expect = row.pop("expect", None) if suffix == ".jsonl" else None
         try:
-            cases.append(CaseConfig(id=case_id, inputs=row))
+            cases.append(CaseConfig(id=case_id, inputs=row, expect=own_expect, expect_values=values))
         except ValidationError as exc:
-            problem = exc.errors(include_url=False)[0]["msg"]
-            raise PlanError(shown, [f"line {line}: case id {case_id!r}: {problem}"]) from None
+            error = exc.errors(include_url=False)[0]
+            field = ".".join(str(part) for part in error["loc"])
+            problem = error["msg"].removeprefix("Value error, ")
+            raise PlanError(shown, [f"line {line}: case {case_id or line!r}: {field}: {problem}"]) from None
     return cases
 
 

@@ -11,7 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .checks import NORMALIZATIONS, ApproxCheck, JudgeCheck, Normalization, SimilarityCheck
 from .regex import compile_regex, schema_patterns
+from .templates import is_template
 
 
 class Expectations(BaseModel):
@@ -28,9 +30,19 @@ class Expectations(BaseModel):
     # Which output variable the text checks read (default: the only output, if one).
     output: str | None = Field(None, min_length=1)
     equals: Any = None
+    # Passes when the output equals any of these.
+    any_of: list[Any] | None = Field(None, min_length=1)
     contains: str | list[str] | None = None
+    contains_all: list[str] | None = Field(None, min_length=1)
+    contains_any: list[str] | None = Field(None, min_length=1)
     not_contains: str | list[str] | None = None
+    # How equals/any_of/contains* compare: any of case, whitespace, punctuation, unicode (NFKC);
+    # ``true`` for all four.
+    normalize: list[Normalization] | None = None
     regex: str | None = None
+    approx: ApproxCheck | None = None
+    similarity: SimilarityCheck | None = None
+    judge: JudgeCheck | None = None
     # JSON Schema (draft 2020-12) for the whole outputs object.
     json_schema: dict[str, Any] | None = None
     # JSONPath expression over the outputs -> the value it must find.
@@ -45,10 +57,19 @@ class Expectations(BaseModel):
             raise ValueError("error_contains needs status: failed (only a failed workflow run has an error)")
         return self
 
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _all_or_list(cls, value: Any) -> Any:
+        if value is True:
+            return list(NORMALIZATIONS)
+        if value is False:
+            return None
+        return [value] if isinstance(value, str) else value
+
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
+        if value is not None and not is_template(value):  # a row template compiles once rendered
             compile_regex(value)  # RE2: linear time, so no check can hang a worker
         return value
 

@@ -11,8 +11,10 @@ from pydantic import ValidationError
 
 from .datasets import read_case_file
 from .errors import PlanError, read_user_file
-from .plan import CaseConfig, TestPlan
+from .expectations import Expectations
+from .plan import CaseConfig, DatasetConfig, TestPlan, judge_problem
 from .settings import key_variable_refusal
+from .templates import TemplateError, names_in, render
 
 MAX_PLAN_BYTES = 10 * 1024 * 1024
 # A plan is data for a person to read. YAML aliases can make a small file expand into
@@ -34,7 +36,7 @@ class LoadedPlan:
         """Cases after expansion: workflow x case x repeat."""
         total = 0
         for dataset in self.plan.datasets:
-            n_workflows = len(dataset.workflows or self.plan.workflows)
+            n_workflows = len(dataset.workflows or self.plan.app_workflows)
             total += n_workflows * len(self.cases[dataset.name])
         return total * self.plan.repeat
 
@@ -71,7 +73,7 @@ def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedP
                                 f"({roots[0]}); data files are read only there (add --data-root DIR to allow more)")
                 continue
             try:
-                resolved += read_case_file(data_path, dataset.id_column)
+                resolved += read_case_file(data_path, dataset.id_column, dataset.expect_columns)
             except PlanError as exc:
                 problems += [f"datasets[{index}].file ({exc.path}): {p}" for p in exc.problems]
                 continue
@@ -83,10 +85,54 @@ def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedP
             seen.add(case_id)
         if not resolved:
             problems.append(f"datasets[{index}] ({dataset.name}): has no cases")
+        problems += resolve_expectations(index, dataset, resolved, plan.judge_ids())
         cases[dataset.name] = resolved
     if problems:
         raise PlanError(shown, problems)
     return LoadedPlan(path, plan, cases)
+
+
+MAX_TEMPLATE_PROBLEMS = 10
+
+
+def resolve_expectations(index: int, dataset: DatasetConfig, cases: list[CaseConfig], judges: list[str],
+                         ) -> list[str]:
+    """Give each case of ``dataset`` its own expectations (a case's own, else the dataset's),
+    with row templates rendered from its inputs and expect_values. Returns the problems,
+    each naming the dataset and the case (at most MAX_TEMPLATE_PROBLEMS of them)."""
+    problems: list[str] = []
+    shared = dataset.expect
+    raw = shared.model_dump(exclude_unset=True) if shared is not None else None
+    templated = raw is not None and bool(names_in(raw))
+    for position, case in enumerate(cases):
+        where = f"datasets[{index}] ({dataset.name}) case {case.id or position + 1!r}"
+        expect = case.expect
+        if expect is not None and names_in(case.expect.model_dump(exclude_unset=True)):
+            expect, problem = _rendered(case.expect.model_dump(exclude_unset=True), case)
+        elif expect is None and templated:
+            expect, problem = _rendered(raw, case)
+        else:
+            expect, problem = expect or shared, None
+        problem = problem or judge_problem(expect, judges)
+        if problem:
+            problems.append(f"{where}: expect: {problem}")
+            if len(problems) >= MAX_TEMPLATE_PROBLEMS:
+                problems.append(f"datasets[{index}] ({dataset.name}): ... (stopped at {MAX_TEMPLATE_PROBLEMS})")
+                break
+            continue
+        if expect is not case.expect and expect is not shared:  # rendered for this row
+            cases[position] = case.model_copy(update={"expect": expect})
+    return problems
+
+
+def _rendered(raw: dict[str, Any], case: CaseConfig) -> tuple[Expectations | None, str | None]:
+    row = {**case.inputs, **case.expect_values}
+    try:
+        return Expectations.model_validate(render(raw, row)), None
+    except TemplateError as exc:
+        return None, str(exc)
+    except ValidationError as exc:
+        return None, "; ".join(format_validation_error(exc))
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

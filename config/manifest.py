@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .checks import OpenAIJudge
 from .expectations import Expectations, Gates
 from .plan import ExecutionPolicy, WorkflowConfig
 
@@ -45,6 +46,17 @@ class RunManifest(BaseModel):
     cases: list[Task]
     execution_policy: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
     gates: Gates = Field(default_factory=Gates)
+    judges: list[OpenAIJudge] = Field(default_factory=list)
+
+    def judge(self, judge_id: str) -> WorkflowConfig | OpenAIJudge:
+        """The judge named ``judge_id``: a workflow with role: judge, or an OpenAI-compatible one."""
+        for workflow in self.workflows:
+            if workflow.id == judge_id and workflow.role == "judge":
+                return workflow
+        for judge in self.judges:
+            if judge.id == judge_id:
+                return judge
+        raise KeyError(judge_id)
 
     def workflow(self, workflow_id: str) -> WorkflowConfig:
         for workflow in self.workflows:

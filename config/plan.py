@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .checks import OpenAIJudge
 from .expectations import Expectations, Gates
 from .settings import mask_url
 
@@ -131,6 +132,9 @@ class WorkflowConfig(StrictModel):
     response_mode: Literal["streaming", "blocking"] = "streaming"
     user: str = Field("dify-runner", min_length=1, max_length=256)
     stub: StubConfig | None = None
+    # "judge": the workflow grades other workflows' answers (expect.judge.by) and runs no
+    # dataset itself; its inputs are rubric, answer, expected, query; its outputs score, reason.
+    role: Literal["app", "judge"] = "app"
 
     @property
     def is_stub(self) -> bool:
@@ -173,6 +177,10 @@ class CaseConfig(StrictModel):
     inputs: dict[str, Any] = Field(default_factory=dict)
     scenario: str | None = Field(None, max_length=256)
     expect: Expectations | None = None
+    tags: list[str] = Field(default_factory=list)
+    # Values only the expectations' row templates read, never sent to Dify (a data file's
+    # ``expect_columns`` land here).
+    expect_values: dict[str, Any] = Field(default_factory=dict)
 
 
 class DatasetConfig(StrictModel):
@@ -184,8 +192,13 @@ class DatasetConfig(StrictModel):
     cases: list[CaseConfig] = Field(default_factory=list)
     file: Path | None = None
     id_column: str | None = Field(None, min_length=1, max_length=256)
-    # Expectations for every case of the dataset that has none of its own.
+    # Columns of the data file that only expectations read (``{{ expected }}``): taken out
+    # of the inputs sent to Dify; a row where one is missing or empty is a plan error.
+    expect_columns: list[str] = Field(default_factory=list)
+    # Expectations for every case of the dataset that has none of its own; row templates
+    # (``{{ column }}``) read each case's inputs and expect_columns.
     expect: Expectations | None = None
+    tags: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _has_cases(self) -> DatasetConfig:
@@ -206,6 +219,16 @@ class TestPlan(StrictModel):
     repeat: int = Field(1, ge=1, le=10_000, strict=True)
     execution: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
     gates: Gates = Field(default_factory=Gates)
+    # LLM judges on OpenAI-compatible endpoints (a Dify judge is a workflow with role: judge).
+    judges: list[OpenAIJudge] = Field(default_factory=list)
+
+    @property
+    def app_workflows(self) -> list[WorkflowConfig]:
+        """The workflows datasets run against by default (every one that is not a judge)."""
+        return [w for w in self.workflows if w.role == "app"]
+
+    def judge_ids(self) -> list[str]:
+        return [w.id for w in self.workflows if w.role == "judge"] + [j.id for j in self.judges]
 
     @model_validator(mode="after")
     def _references(self) -> TestPlan:
@@ -216,6 +239,11 @@ class TestPlan(StrictModel):
         names = Counter(d.name for d in self.datasets)
         for dup in sorted(n for n, count in names.items() if count > 1):
             raise ValueError(f"datasets: name {dup!r} is used more than once")
+        judges = self.judge_ids()
+        for dup in sorted(i for i, n in Counter(judges).items() if n > 1):
+            raise ValueError(f"judges: id {dup!r} is used more than once (by a workflow or a judge)")
+        if not self.app_workflows:
+            raise ValueError("workflows: every workflow has role: judge; at least one must be an app to test")
         for index, dataset in enumerate(self.datasets):
             for ref in dataset.workflows or []:
                 if ref not in ids:
@@ -223,7 +251,24 @@ class TestPlan(StrictModel):
                         f"datasets[{index}].workflows: dataset {dataset.name!r} refers to unknown "
                         f"workflow {ref!r} (known: {', '.join(list(ids)[:20])}{', ...' if len(ids) > 20 else ''})"
                     )
+                if ref in judges:
+                    raise ValueError(f"datasets[{index}].workflows: {ref!r} is a judge (role: judge), "
+                                     "it grades answers and runs no dataset")
+            expects = [(f"datasets[{index}].expect", dataset.expect)]
+            expects += [(f"datasets[{index}].cases[{i}].expect", c.expect) for i, c in enumerate(dataset.cases)]
+            for where, expect in expects:
+                problem = judge_problem(expect, judges)
+                if problem:
+                    raise ValueError(f"{where}.judge.by: {problem}")
         return self
 
     def workflow(self, workflow_id: str) -> WorkflowConfig:
         return next(w for w in self.workflows if w.id == workflow_id)
+
+
+def judge_problem(expect: Expectations | None, judges: list[str]) -> str | None:
+    """Why ``expect.judge.by`` names no judge of the plan, or None."""
+    if expect is None or expect.judge is None or expect.judge.by in judges:
+        return None
+    known = ", ".join(judges) or "none: add a workflow with role: judge, or a judges: entry"
+    return f"{expect.judge.by!r} is not a judge of this plan (judges: {known})"

@@ -21,6 +21,7 @@ from rich.console import Console
 from ..config.errors import PlanError
 from ..config.loader import LoadedPlan, format_validation_error, load_plan
 from ..config.manifest import RunManifest
+from ..config.plan import MOCK_TARGET
 from ..config.settings import ENV_PREFIX, Settings, mask_url
 from ..worker.store import RunInfo, RunStore, connect
 from .cli_parser import build_parser
@@ -160,7 +161,8 @@ def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings)
 def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     loaded = _load(args, console, settings)
     manifest = expand(loaded, consume=True)
-    if (args.broker or settings.broker_url) and any(w.is_mock for w in manifest.workflows):
+    uses_mock = any(w.is_mock for w in manifest.workflows) or any(j.base_url == MOCK_TARGET for j in manifest.judges)
+    if (args.broker or settings.broker_url) and uses_mock:
         raise UsageError("base_url: mock runs only on the embedded default; for a fleet, start "
                          "`dify-runner mock-dify --host 0.0.0.0` and use its URL")
     out_root = Path(args.out or settings.runs_dir)

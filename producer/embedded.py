@@ -29,6 +29,7 @@ from celery import Celery
 from celery.worker import WorkController
 
 from ..config.manifest import RunManifest
+from ..config.plan import MOCK_TARGET
 from ..config.settings import Settings
 from ..worker.app import create_app, size_pools
 from ..worker.store import RunStore, connect
@@ -252,12 +253,14 @@ def mock_targets(manifest: RunManifest) -> Iterator[RunManifest]:
     put in this process's environment under the workflow's ``api_key_env`` (default
     DIFY_MOCK_API_KEY), where the in-process worker reads it like any key.
     """
-    if not any(w.is_mock for w in manifest.workflows):
+    mock_judges = [j for j in manifest.judges if j.base_url == MOCK_TARGET]
+    if not any(w.is_mock for w in manifest.workflows) and not mock_judges:
         yield manifest
         return
     from ..mockdify.process import MockDifyProcess
 
-    env_names = {w.api_key_env or MOCK_KEY_ENV for w in manifest.workflows if w.is_mock}
+    mock_workflows = [w for w in manifest.workflows if w.is_mock]
+    env_names = {t.api_key_env or MOCK_KEY_ENV for t in [*mock_workflows, *mock_judges]}
     key = "app-mock-" + secrets.token_hex(8)
     saved = {name: os.environ.get(name) for name in env_names}
     with MockDifyProcess("--api-key", key) as server:
@@ -266,9 +269,14 @@ def mock_targets(manifest: RunManifest) -> Iterator[RunManifest]:
             if w.is_mock else w
             for w in manifest.workflows
         ]
+        judges = [
+            j.model_copy(update={"base_url": server.base_url, "api_key_env": j.api_key_env or MOCK_KEY_ENV})
+            if j.base_url == MOCK_TARGET else j
+            for j in manifest.judges
+        ]
         os.environ.update({name: key for name in env_names})
         try:
-            yield manifest.model_copy(update={"workflows": workflows})
+            yield manifest.model_copy(update={"workflows": workflows, "judges": judges})
         finally:
             for name, value in saved.items():
                 if value is None:

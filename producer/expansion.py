@@ -32,7 +32,7 @@ def expand(
     created_at = now_fn()
     tasks: list[Task] = []
     for dataset in plan.datasets:
-        workflow_ids = dataset.workflows or [w.id for w in plan.workflows]
+        workflow_ids = dataset.workflows or [w.id for w in plan.app_workflows]
         rows = loaded.cases[dataset.name]
         for position in range(len(rows)):
             case = rows[position]
@@ -62,4 +62,5 @@ def expand(
         cases=tasks,
         execution_policy=plan.execution,
         gates=plan.gates,
+        judges=plan.judges,
     )

@@ -135,7 +135,7 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
         for task_id, result in store.batch_results(run_id, batch).items():
             if task_id not in gone:
                 summary.add(task_status_of(result), result.execution_time, result.tokens_used, result.cost,
-                            result.metadata)
+                            result.metadata, result.checks)
         store.replace_batch(run_id, batch, dropped, summary)
         for task_id in dropped:
             del final[task_id]

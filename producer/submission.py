@@ -66,7 +66,8 @@ def case_messages(manifest: RunManifest, executor: str = "plan") -> Iterator[lis
     for index, batch in enumerate(manifest.batches()):
         yield [
             CaseMessage(run_id=manifest.run_id, batch=index, task=task, workflow=workflows[task.workflow_id],
-                        policy=policy, executor=executor, created_at=created_at)
+                        policy=policy, executor=executor, created_at=created_at,
+                        judge=manifest.judge(task.expect.judge.by) if task.expect and task.expect.judge else None)
             for task in batch
         ]
 

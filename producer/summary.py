@@ -144,7 +144,8 @@ class SummaryBuilder:
     def add(self, result: TestResult) -> None:
         status = task_status_of(result)
         key = (result.workflow_id, result.dataset or "-")
-        self._groups[key].add(status, result.execution_time, result.tokens_used, result.cost)
+        self._groups[key].add(status, result.execution_time, result.tokens_used, result.cost, result.metadata,
+                              result.checks)
         if self._first_started is None or result.timestamp < self._first_started:
             self._first_started = result.timestamp
         if status in ANSWERED:

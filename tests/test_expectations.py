@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 from dify_runner.config.expectations import Expectations
 from dify_runner.producer.embedded import InProcessWorker
-from dify_runner.worker.expectations import check
+from dify_runner.worker.checks import check
 from dify_runner.worker.models import TaskStatus, TestResult, TestStatus
 from dify_runner.worker.store import RunStore
 from pydantic import ValidationError

@@ -123,7 +123,7 @@ def close_batch(store: RunStore, run_id: str, batch: int, batch_count: int | Non
         summary = BatchSummary()
         for task_result, test_result in zip(task_results, test_results, strict=True):
             summary.add(task_result.task_status.value, task_result.execution_time, test_result.tokens_used,
-                        test_result.cost, test_result.metadata)
+                        test_result.cost, test_result.metadata, test_result.checks)
         done = store.save_batch(run_id, batch, task_results, test_results, summary)
     finally:
         store.redis.delete(lock)

@@ -41,6 +41,7 @@ class ResultConverter:
             outputs=dict(embedded.outputs) if embedded else {},
             error_message=task_result.error_message,
             dataset=task_result.dataset,
+            checks=list(embedded.checks) if embedded else [],
             metadata={
                 **(embedded.metadata if embedded else {}),
                 "dataset": task_result.dataset,

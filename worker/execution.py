@@ -28,11 +28,12 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ..config.manifest import Task
 from ..config.plan import StubConfig
 from ..config.settings import key_variable_refusal
+from .checks import Judge, evaluate, failure_message
+from .checks.judge import judge_check
 from .deadline import Deadline
 from .dify_answers import AnswerKind
 from .dify_client import ConfigurationError, DifyClient
 from .exceptions import TaskCancelledException, TaskExecutionException, TaskTimeoutException
-from .expectations import check as check_expectations
 from .messages import CaseMessage
 from .models import TaskStatus, TestResult, TestStatus
 from .stub import run_stub
@@ -118,10 +119,11 @@ def run_attempt(
         status = _STATUS_FROM_TEST[test_result.status]
         error = test_result.error_message
         if status is TaskStatus.SUCCEEDED and task.expect is not None:
-            problems = check_expectations(task.expect, test_result, latency)
-            if problems:  # judged, not broken: not retried
-                return AttemptOutcome(TaskStatus.FAILED, started_at, latency, "expectation failed: "
-                                      + "; ".join(problems), retryable=False, test_result=test_result)
+            test_result.checks = evaluate(task.expect, test_result, latency, _judge(message, deadline, dify))
+            failed = failure_message(test_result.checks)
+            if failed:  # judged, not broken: not retried
+                return AttemptOutcome(TaskStatus.FAILED, started_at, latency, failed, retryable=False,
+                                      test_result=test_result)
         return AttemptOutcome(status, started_at, latency, error, test_result=test_result)
     except (TaskTimeoutException, SoftTimeLimitExceeded) as exc:
         message_text = str(exc) or f"exceeded timeout_per_task ({deadline.seconds:g} s)"
@@ -133,6 +135,15 @@ def run_attempt(
     except Exception as exc:  # noqa: BLE001 - any other exception is the ERROR status
         return _ended_by(exc, TaskStatus.ERROR, started_at, clock, f"{type(exc).__name__}: {exc}",
                          getattr(exc, "retryable", True))
+
+
+def _judge(message: CaseMessage, deadline: Deadline, dify: Callable[[], DifyClient]) -> Judge | None:
+    """The case's judge, sharing the attempt's deadline (timeout_per_task covers both calls)."""
+    target = message.judge
+    if target is None:
+        return None
+    policy = message.policy.retry_policy
+    return lambda check, question, answer: judge_check(check, target, question, answer, deadline, dify, policy)
 
 
 def _ended_by(exc: BaseException, status: TaskStatus, started_at: datetime, clock: float, message: str,

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..config.checks import OpenAIJudge
 from ..config.manifest import Task
 from ..config.plan import RateControl, RetryPolicy, WorkflowConfig
 
@@ -62,6 +63,9 @@ class CaseMessage(BaseModel):
     # this process by the Python API (ExecutorService / ConcurrentExecutor).
     executor: str = "plan"
     created_at: str | None = None
+    # The judge that grades this case (expect.judge.by): a Dify workflow or an OpenAI-compatible
+    # endpoint, with its key's variable name, never the key.
+    judge: WorkflowConfig | OpenAIJudge | None = None
 
     def with_batch(self, batch: int) -> CaseMessage:
         return self if batch == self.batch else self.model_copy(update={"batch": batch})

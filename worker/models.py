@@ -59,6 +59,21 @@ class TestStatus(str, Enum):
     ERROR = "error"
 
 
+class CheckResult(BaseModel):
+    """One check of a case's ``expect:`` (equals, similarity, judge, ...): verdict, score, reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    passed: bool
+    # 0..1: 1 or 0 for a yes/no check, the cosine for similarity, the judge's grade.
+    score: float | None = None
+    reason: str | None = None
+    # A judge's own call (counted apart from the app under test).
+    tokens: int = 0
+    cost: float | None = None
+
+
 class TestResult(BaseModel):
     """One case's result as reports and statistics see it."""
 
@@ -78,6 +93,8 @@ class TestResult(BaseModel):
     error_message: str | None = None
     dataset: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # The case's checks, in the order expect: lists them (empty without expectations).
+    checks: list[CheckResult] = Field(default_factory=list)
 
 
 class AttemptRecord(BaseModel):

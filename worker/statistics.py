@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +12,31 @@ from pydantic import BaseModel, ConfigDict, Field
 _SUCCEEDED, _FAILED, _TIMEOUT, _CANCELLED = "succeeded", "failed", "timeout", "cancelled"
 # The final statuses of a case that Dify answered (it returned, whatever it said).
 ANSWERED = frozenset({_SUCCEEDED, _FAILED})
+
+
+class CheckTally(BaseModel):
+    """One kind of check (equals, similarity, judge, ...) over a set of cases."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int = 0
+    passed: int = 0
+    score_sum: float = 0.0
+    scored: int = 0
+
+    @property
+    def pass_rate(self) -> float:
+        return self.passed / self.total if self.total else 0.0
+
+    @property
+    def mean_score(self) -> float | None:
+        return round(self.score_sum / self.scored, 6) if self.scored else None
+
+    def merge(self, other: CheckTally) -> None:
+        self.total += other.total
+        self.passed += other.passed
+        self.score_sum += other.score_sum
+        self.scored += other.scored
 
 
 class BatchSummary(BaseModel):
@@ -31,10 +57,26 @@ class BatchSummary(BaseModel):
     latencies: list[float] = Field(default_factory=list)
     # Their time in the worker before the request went out (dify_client._timed).
     local_waits: list[float] = Field(default_factory=list)
+    # Time to the first answer chunk of streamed cases Dify answered.
+    ttfts: list[float] = Field(default_factory=list)
+    # Per kind of check: how many ran, passed, and their scores; the judges' own tokens and cost.
+    checks: dict[str, CheckTally] = Field(default_factory=dict)
+    judge_tokens: int = 0
+    judge_cost: float = 0.0
 
     def add(self, status: str, latency: float, tokens: int, cost: float | None,
-            metadata: dict[str, object] | None = None) -> None:
-        """Count one case; ``metadata``: its TestResult's, which carries the load figures."""
+            metadata: dict[str, object] | None = None, checks: Sequence[Any] = ()) -> None:
+        """Count one case; ``metadata``: its TestResult's, which carries the load figures;
+        ``checks``: its CheckResults."""
+        for check in checks:
+            tally = self.checks.setdefault(check.name, CheckTally())
+            tally.total += 1
+            tally.passed += bool(check.passed)
+            if check.score is not None:
+                tally.score_sum += check.score
+                tally.scored += 1
+            self.judge_tokens += check.tokens
+            self.judge_cost += check.cost or 0.0
         if metadata:
             self.throttled += int(metadata.get("throttled") or 0)  # type: ignore[call-overload]
             self.dify_stops += int(metadata.get("dify_stops") or 0)  # type: ignore[call-overload]
@@ -52,6 +94,9 @@ class BatchSummary(BaseModel):
             wait = (metadata or {}).get("local_wait")
             if isinstance(wait, (int, float)):
                 self.local_waits.append(float(wait))
+            ttft = (metadata or {}).get("ttft")
+            if isinstance(ttft, (int, float)):
+                self.ttfts.append(float(ttft))
 
     def merge(self, other: BatchSummary) -> None:
         """Add ``other``'s cases to this summary."""
@@ -65,6 +110,22 @@ class BatchSummary(BaseModel):
         self.dify_stop_failures += other.dify_stop_failures
         self.latencies += other.latencies
         self.local_waits += other.local_waits
+        self.ttfts += other.ttfts
+        for name, tally in other.checks.items():
+            self.checks.setdefault(name, CheckTally()).merge(tally)
+        self.judge_tokens += other.judge_tokens
+        self.judge_cost += other.judge_cost
+
+
+class CheckStats(BaseModel):
+    """One kind of check in a run's (or a group's) statistics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: int
+    passed: int
+    pass_rate: float
+    mean_score: float | None = None
 
 
 class RunStatistics(BaseModel):
@@ -94,6 +155,14 @@ class RunStatistics(BaseModel):
     # Time answered cases spent in the worker before their request went out: high means
     # the workers were overloaded (it is not in the latencies, which are Dify's).
     local_wait_p95: float | None = None
+    # Time to the first answer chunk (streamed cases).
+    ttft_p50: float | None = None
+    ttft_p95: float | None = None
+    # Per kind of check (equals, similarity, judge, ...): cases checked, passed, mean score.
+    checks: dict[str, CheckStats] = Field(default_factory=dict)
+    # What the judges' own calls used, apart from the app under test's tokens and cost.
+    judge_tokens: int = 0
+    judge_cost: float = 0.0
 
     def counts_by_status(self) -> dict[str, int]:
         """The final statuses and how many cases ended in each, in the order reports show them."""
@@ -130,6 +199,12 @@ class RunStatistics(BaseModel):
             latency_p95=percentile(latencies, 95),
             latency_p99=percentile(latencies, 99),
             local_wait_p95=percentile(sorted(merged.local_waits), 95),
+            ttft_p50=percentile(sorted(merged.ttfts), 50),
+            ttft_p95=percentile(sorted(merged.ttfts), 95),
+            checks={name: CheckStats(total=t.total, passed=t.passed, pass_rate=round(t.pass_rate, 6),
+                                     mean_score=t.mean_score) for name, t in sorted(merged.checks.items())},
+            judge_tokens=merged.judge_tokens,
+            judge_cost=round(merged.judge_cost, 10),
         )
 
 
