@@ -7,8 +7,9 @@ COPY dify_runner dify_runner
 COPY config config
 COPY producer producer
 COPY worker worker
-# With the gevent extra, so that WORKER_POOL=gevent works (README, Pools and timeouts).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[gevent]"
+# With the gevent extra, so that WORKER_POOL=gevent works (README, Pools and timeouts), and the
+# similarity extra, so that workers run expect.similarity (its model ships in the wheel).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[gevent,similarity]"
 
 # Runtime stage: the package and its dependencies, no compilers, no dev tools, not root.
 FROM python:3.11-slim

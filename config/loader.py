@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from .checks import missing_package
 from .datasets import read_case_file
 from .errors import PlanError, read_user_file
 from .expectations import Expectations
@@ -87,12 +88,49 @@ def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedP
             problems.append(f"datasets[{index}] ({dataset.name}): has no cases")
         problems += resolve_expectations(index, dataset, resolved, plan.judge_ids())
         cases[dataset.name] = resolved
+    problems += _missing_models(cases)
     if problems:
         raise PlanError(shown, problems)
     return LoadedPlan(path, plan, cases)
 
 
 MAX_TEMPLATE_PROBLEMS = 10
+
+
+def _missing_models(cases: dict[str, list[CaseConfig]]) -> list[str]:
+    """A similarity model this process cannot load (checked here: workers would end every case ERROR)."""
+    models = {(name, c.expect.similarity.model) for name, rows in cases.items() for c in rows
+              if c.expect is not None and c.expect.similarity is not None}
+    problems = []
+    for name, model in sorted(models):
+        problem = missing_package(model)
+        if problem:
+            problems.append(f"dataset {name!r}: expect.similarity.model: {problem}")
+    return problems
+
+
+def select(loaded: LoadedPlan, only: list[str] | None = None, tags: list[str] | None = None) -> LoadedPlan:
+    """The part of ``loaded`` that ``--only DATASET,...`` and ``--tag TAG`` keep: datasets named in
+    ``only``, cases tagged (or in a dataset tagged) with one of ``tags``. PlanError if a name is
+    unknown or nothing is left."""
+    plan, shown = loaded.plan, str(loaded.path)
+    names = [d.name for d in plan.datasets]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise PlanError(shown, [f"--only: no dataset named {', '.join(map(repr, unknown))} (datasets: "
+                                f"{', '.join(names)})"])
+    datasets = [d for d in plan.datasets if not only or d.name in only]
+    cases = {d.name: loaded.cases[d.name] for d in datasets}
+    if tags:
+        wanted = set(tags)
+        for dataset in datasets:
+            if not wanted & set(dataset.tags):
+                cases[dataset.name] = [c for c in cases[dataset.name] if wanted & set(c.tags)]
+        datasets = [d for d in datasets if cases[d.name]]
+        cases = {d.name: cases[d.name] for d in datasets}
+    if not datasets:
+        raise PlanError(shown, [f"--tag {', '.join(tags or [])}: no dataset or case has this tag"])
+    return LoadedPlan(loaded.path, plan.model_copy(update={"datasets": datasets}), cases)
 
 
 def resolve_expectations(index: int, dataset: DatasetConfig, cases: list[CaseConfig], judges: list[str],

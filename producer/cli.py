@@ -19,13 +19,14 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ..config.errors import PlanError
-from ..config.loader import LoadedPlan, format_validation_error, load_plan
+from ..config.loader import LoadedPlan, format_validation_error, load_plan, select
 from ..config.manifest import RunManifest
 from ..config.plan import MOCK_TARGET
 from ..config.settings import ENV_PREFIX, Settings, mask_url
 from ..worker.store import RunInfo, RunStore, connect
 from .cli_parser import build_parser
 from .compare import Thresholds, compare, print_comparison, resolve_report
+from .dry_run import print_dry_run
 from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
 from .interrupts import PublishGuard, terminate_as_interrupt
@@ -86,7 +87,7 @@ def _preflight(args: argparse.Namespace, console: Console, manifest: RunManifest
 
 
 def _load(args: argparse.Namespace, console: Console, settings: Settings) -> LoadedPlan:
-    loaded = load_plan(args.plan, args.data_root)
+    loaded = select(load_plan(args.plan, args.data_root), args.only, args.tag)
     for warning in plan_warnings(loaded, settings, dict(os.environ)):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     return loaded
@@ -161,6 +162,8 @@ def cmd_validate(args: argparse.Namespace, console: Console, settings: Settings)
 def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> int:
     loaded = _load(args, console, settings)
     manifest = expand(loaded, consume=True)
+    if args.dry_run:
+        return print_dry_run(console, manifest)
     uses_mock = any(w.is_mock for w in manifest.workflows) or any(j.base_url == MOCK_TARGET for j in manifest.judges)
     if (args.broker or settings.broker_url) and uses_mock:
         raise UsageError("base_url: mock runs only on the embedded default; for a fleet, start "
@@ -188,6 +191,8 @@ def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -
     url = _require_broker(args, settings)
     loaded = _load(args, console, settings)
     manifest = expand(loaded, consume=True)
+    if args.dry_run:
+        return print_dry_run(console, manifest)
     store = _fleet_store(url, settings)
     _warn_persistence(console, store)
     _preflight(args, console, manifest, keys_required=False)
@@ -284,7 +289,7 @@ def cmd_compare(args: argparse.Namespace, console: Console, settings: Settings) 
     try:
         thresholds = Thresholds(max_new_failures=args.max_new_failures, max_pass_rate_drop=args.max_pass_rate_drop,
                                 max_latency_increase=args.max_latency_increase,
-                                max_cost_increase=args.max_cost_increase)
+                                max_cost_increase=args.max_cost_increase, max_score_drop=args.max_score_drop)
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         option = "--" + str(error["loc"][0]).replace("_", "-")

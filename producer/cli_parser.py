@@ -24,6 +24,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def names(text: str) -> list[str]:
+    """``a,b`` -> ["a", "b"]."""
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected one or more names separated by commas")
+    return values
+
+
 def broker_url(text: str) -> str:
     """A Redis URL, checked before anything connects (a bare host:port is refused here, not
     deep inside kombu with a traceback)."""
@@ -68,14 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-root", action="append", type=Path, default=[], metavar="DIR",
                        help="data files may also be read under DIR (default: only under the plan's directory); "
                             "may be given more than once")
+        p.add_argument("--only", type=names, metavar="DATASET[,DATASET]",
+                       help="run only these datasets of the plan")
+        p.add_argument("--tag", action="append", default=[], metavar="TAG",
+                       help="run only cases tagged TAG (or in a dataset tagged TAG); may be given more than once")
+
+    def add_dry_run(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the cases and their resolved expectations; publish nothing")
 
     p = add("run", "validate a plan, run it, show progress, print a summary and write reports")
     add_plan(p)
     p.add_argument("--out", metavar="DIR", help="reports go to DIR/<run_id>/ (default: runs/)")
+    add_dry_run(p)
     add_preflight_option(p)
     add_waiting_options(p)
     p = add("submit", "validate a plan and submit it to the fleet; prints the run id and returns")
     add_plan(p)
+    add_dry_run(p)
     p.add_argument("--out", metavar="DIR", help="the run's manifest (for resume) goes to DIR/<run_id>/")
     add_preflight_option(p)
     p = add("resume", "run again the cases of a run that have no final result, then wait and report")
@@ -115,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{LIMITS.max_latency_increase:.0%}%; rises under {LIMITS.min_latency_increase:g} s never count)")
     p.add_argument("--max-cost-increase", type=float, default=LIMITS.max_cost_increase, metavar="RATIO",
                    help=f"rise of the mean cost per case allowed, relative ({LIMITS.max_cost_increase:g})")
+    p.add_argument("--max-score-drop", type=float, default=None, metavar="POINTS",
+                   help="drop of any check's mean score allowed, in points of 0..1: 0.05 (default: scores "
+                        "are shown, not gated)")
     p = sub.add_parser("validate", help="check a plan and its data files without running it")
     add_plan(p)
     p.add_argument("--remote", action="store_true",

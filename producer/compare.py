@@ -32,6 +32,8 @@ class Thresholds(BaseModel):
     max_latency_increase: float = Field(0.2, ge=0)  # p95, relative: 0.2 = 20% slower
     min_latency_increase: float = Field(0.05, ge=0)  # seconds: below this a p95 change is noise
     max_cost_increase: float = Field(0.2, ge=0)  # mean cost per case, relative
+    # Mean score of any kind of check (similarity, judge, ...), in points of 0..1; None: not gated.
+    max_score_drop: float | None = Field(None, ge=0, le=1)
 
 
 class CaseChange(BaseModel):
@@ -41,6 +43,31 @@ class CaseChange(BaseModel):
     before: str
     after: str
     error_message: str | None = None
+
+
+class ScoreChange(BaseModel):
+    """One kind of check: its mean score in A and in B (None where it did not run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    check: str
+    mean_a: float | None
+    mean_b: float | None
+    pass_rate_a: float | None
+    pass_rate_b: float | None
+
+    @property
+    def delta(self) -> float | None:
+        return None if self.mean_a is None or self.mean_b is None else round(self.mean_b - self.mean_a, 6)
+
+
+class CaseScoreDrop(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    case: str
+    check: str
+    before: float
+    after: float
 
 
 class Comparison(BaseModel):
@@ -59,6 +86,9 @@ class Comparison(BaseModel):
     latency_p95_delta: float | None
     cost_per_case_a: float | None
     cost_per_case_b: float | None
+    scores: list[ScoreChange] = Field(default_factory=list)
+    # Cases whose graded score (similarity, judge) fell the most, largest drop first.
+    score_drops: list[CaseScoreDrop] = Field(default_factory=list)
     regressions: list[str]
 
 
@@ -71,8 +101,12 @@ def resolve_report(reference: str, runs_dir: Path) -> Path:
                                 "first, or pass the file)"])
 
 
-def load_report(path: Path) -> tuple[RunSummary, dict[str, tuple[str, str | None]]]:
-    """The run summary and, per case id, its 8-state status and error message."""
+Cases = dict[str, tuple[str, str | None, dict[str, float]]]
+GRADED = ("similarity", "judge")
+
+
+def load_report(path: Path) -> tuple[RunSummary, Cases]:
+    """The run summary and, per case id, its 8-state status, error message and graded scores."""
     try:
         with path.open(encoding="utf-8") as handle:
             raw = json.load(handle)
@@ -80,7 +114,9 @@ def load_report(path: Path) -> tuple[RunSummary, dict[str, tuple[str, str | None
         cases = {}
         for result in raw["results"]:
             status = task_status_in(result.get("metadata", {}), result["status"])
-            cases[str(result["execution_id"])] = (status, result.get("error_message"))
+            scores = {c["name"]: float(c["score"]) for c in result.get("checks") or []
+                      if c.get("name") in GRADED and c.get("score") is not None}
+            cases[str(result["execution_id"])] = (status, result.get("error_message"), scores)
     except OSError as exc:
         raise PlanError(str(path), [f"cannot read it: {exc.strerror}"]) from None
     except (ValueError, KeyError, TypeError, ValidationError) as exc:  # json errors are ValueErrors
@@ -92,9 +128,12 @@ def compare(path_a: Path, path_b: Path, thresholds: Thresholds) -> Comparison:
     run_a, cases_a = load_report(path_a)
     run_b, cases_b = load_report(path_b)
     common = cases_a.keys() & cases_b.keys()
-    newly_failing, fixed = [], []
+    newly_failing, fixed, drops = [], [], []
     for case in sorted(common):
-        (before, _), (after, error) = cases_a[case], cases_b[case]
+        (before, _, scores_a), (after, error, scores_b) = cases_a[case], cases_b[case]
+        for check, score in scores_b.items():
+            if check in scores_a and score < scores_a[check]:
+                drops.append(CaseScoreDrop(case=case, check=check, before=scores_a[check], after=score))
         if before == "succeeded" and after != "succeeded":
             newly_failing.append(CaseChange(case=case, before=before, after=after, error_message=error))
         elif before != "succeeded" and after == "succeeded":
@@ -115,11 +154,23 @@ def compare(path_a: Path, path_b: Path, thresholds: Thresholds) -> Comparison:
     if cost_a and cost_b is not None and (cost_b - cost_a) / cost_a > thresholds.max_cost_increase:
         regressions.append(f"cost per case rose from {cost_a:.6f} to {cost_b:.6f} "
                            f"(allowed: +{thresholds.max_cost_increase:.0%})")
+    scores = [ScoreChange(check=name, mean_a=a.checks[name].mean_score if name in a.checks else None,
+                          mean_b=b.checks[name].mean_score if name in b.checks else None,
+                          pass_rate_a=a.checks[name].pass_rate if name in a.checks else None,
+                          pass_rate_b=b.checks[name].pass_rate if name in b.checks else None)
+              for name in sorted(a.checks.keys() | b.checks.keys())]
+    for change in scores:
+        drop = change.delta
+        if thresholds.max_score_drop is not None and drop is not None and -drop > thresholds.max_score_drop + 1e-12:
+            regressions.append(f"mean {change.check} score fell from {change.mean_a:.3f} to {change.mean_b:.3f} "
+                               f"(allowed drop: {thresholds.max_score_drop:g})")
+    drops.sort(key=lambda d: (d.after - d.before, d.case))
     return Comparison(
         run_a=run_a, run_b=run_b, common_cases=len(common), only_in_a=len(cases_a.keys() - common),
         only_in_b=len(cases_b.keys() - common), newly_failing=newly_failing, fixed=fixed,
         pass_rate_delta=round(b.success_rate - a.success_rate, 6), latency_p95_delta=p95,
-        cost_per_case_a=cost_a, cost_per_case_b=cost_b, regressions=regressions,
+        cost_per_case_a=cost_a, cost_per_case_b=cost_b, scores=scores, score_drops=drops[:CHANGES_SHOWN],
+        regressions=regressions,
     )
 
 
@@ -144,7 +195,16 @@ def print_comparison(console: Console, c: Comparison) -> None:
     ca, cb = c.cost_per_case_a, c.cost_per_case_b
     table.add_row("cost/case", number_text(ca, 6), number_text(cb, 6),
                   "-" if ca is None or cb is None else f"{cb - ca:+.6f}")
+    for change in c.scores:
+        delta = change.delta
+        table.add_row(f"{change.check} score", number_text(change.mean_a), number_text(change.mean_b),
+                      "-" if delta is None else f"{delta:+.3f}")
     console.print(table)
+    if c.score_drops:
+        console.print("[bold]largest score drops[/]:")
+        for drop in c.score_drops:
+            console.print(f"  {drop.check} {drop.before:.3f} → {drop.after:.3f}  {drop.case}", markup=False,
+                          highlight=False)
     console.print(f"{c.common_cases} cases in both; {c.only_in_a} only in A, {c.only_in_b} only in B; "
                   f"{len(c.newly_failing)} newly failing, {len(c.fixed)} fixed", highlight=False)
     for title, changes in (("newly failing", c.newly_failing), ("fixed", c.fixed)):

@@ -30,6 +30,9 @@ def print_summary(console: Console, run: RunSummary, summary: ReportSummary) -> 
 
     counts = ", ".join(f"{status} {n}" for status, n in stats.counts_by_status().items() if n)
     console.print(f"{counts or 'no cases'}; duration {stats.total_duration:.2f} s", highlight=False)
+    for line in (ttft_text(stats), checks_text(stats)):
+        if line:
+            console.print(line, markup=False, highlight=False)
     load = load_text(stats)
     if load:
         console.print(load, markup=False, highlight=False)
@@ -65,6 +68,31 @@ def _cells(s: RunStatistics) -> list[str]:
             number_text(s.latency_p99), str(s.total_tokens), cost]
 
 
+def ttft_text(stats: RunStatistics) -> str | None:
+    """Time to the first answer chunk beside the latency (streamed cases only)."""
+    if stats.ttft_p50 is None:
+        return None
+    return f"time to first token: p50 {stats.ttft_p50:.3f} s, p95 {number_text(stats.ttft_p95)} s (streamed cases)"
+
+
+def checks_text(stats: RunStatistics) -> str | None:
+    """Per kind of check: passed of checked, and the mean score of graded ones; the judges' own use."""
+    if not stats.checks:
+        return None
+    parts = []
+    for name, check in stats.checks.items():
+        text = f"{name} {check.passed}/{check.total} ({check.pass_rate:.1%})"
+        if name in GRADED and check.mean_score is not None:
+            text += f" mean {check.mean_score:.3f}"
+        parts.append(text)
+    line = "checks: " + ", ".join(parts)
+    if stats.judge_tokens or stats.judge_cost:
+        line += f"\njudges: {stats.judge_tokens} tokens, cost {stats.judge_cost:.4f} (not in the table's figures)"
+    return line
+
+
+# Checks whose score is a grade (not 1/0): their mean is shown.
+GRADED = ("similarity", "judge")
 # A local wait (dify_client._timed) shorter than this is connecting, not overload: not shown.
 LOCAL_WAIT_SHOWN = 0.25
 

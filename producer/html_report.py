@@ -58,8 +58,44 @@ def case_row(result: TestResult, status: str) -> str:
         f'<td class="num">{result.tokens_used}</td><td class="num">{cost}</td>'
         f'<td class="num">{escape(str(result.metadata.get("attempt_count", "")))}</td>'
         f"<td><pre>{escape(_short(json.dumps(result.inputs, ensure_ascii=False)))}</pre></td>"
-        f"<td><pre>{outputs}</pre>{f'<pre class=s-{status}>{shown}</pre>' if shown else ''}</td></tr>"
+        f"<td><pre>{outputs}</pre>{f'<pre class=s-{status}>{shown}</pre>' if shown else ''}</td>"
+        f"<td>{_check_cells(result)}</td></tr>"
     )
+
+
+def _check_cells(result: TestResult) -> str:
+    """Each check: its verdict and score; a failed check's reason is written out, a passed one's
+    is its tooltip."""
+    parts = []
+    for check in result.checks:
+        verdict = "pass" if check.passed else "fail"
+        score = "" if check.score is None else f" {check.score:.3f}"
+        reason = escape(check.reason or "")
+        label = f'<span class="check c-{verdict}" title="{reason}">{escape(check.name)} {verdict}{score}</span>'
+        parts.append(label if check.passed or not reason else f"{label}<div class=s-failed>{reason}</div>")
+    return "<br>".join(parts)
+
+
+def mean_scores(s: RunStatistics) -> str:
+    """Mean score per kind of check, graded ones (similarity, judge) first."""
+    graded = [(n, c) for n, c in s.checks.items() if n in ("similarity", "judge")]
+    others = [(n, c) for n, c in s.checks.items() if n not in ("similarity", "judge")]
+    return " · ".join(f"{escape(n)} {c.mean_score:.3f}" for n, c in graded + others if c.mean_score is not None)
+
+
+def _checks_section(stats: RunStatistics) -> str:
+    if not stats.checks:
+        return ""
+    rows = "".join(f"<tr><td>{escape(name)}</td><td class=num>{c.total}</td><td class=num>{c.passed}</td>"
+                   f"<td class=num>{c.pass_rate:.1%}</td><td class=num>{number_text(c.mean_score)}</td></tr>"
+                   for name, c in stats.checks.items())
+    judges = (f"<p class=muted>judges: {stats.judge_tokens:,} tokens, cost {stats.judge_cost:.4f} "
+              "(apart from the app's figures)</p>") if stats.judge_tokens or stats.judge_cost else ""
+    ttft = (f"<p class=muted>time to first token: p50 {number_text(stats.ttft_p50)} s, "
+            f"p95 {number_text(stats.ttft_p95)} s</p>") if stats.ttft_p50 is not None else ""
+    return ("<h2>Checks</h2><table id=checks><thead><tr><th>check</th><th class=num>cases</th>"
+            "<th class=num>passed</th><th class=num>pass rate</th><th class=num>mean score</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>{judges}{ttft}")
 
 
 def _short(text: str) -> str:
@@ -98,6 +134,7 @@ def write_html(path: Path, run: RunSummary, summary: ReportSummary, cases: HtmlC
         "group_rows": "".join(_group_row(g.workflow_id, g.dataset, g.statistics, g.failures_by_class)
                               for g in summary.groups),
         "flaky_section": _flaky_section(summary),
+        "checks_section": _checks_section(stats),
         "cases_note": (f"all {cases.total} cases" if shown == cases.total else
                        f"{shown} of {cases.total} cases (those that did not pass first); every case is in "
                        "report.json, results.jsonl and results.csv"),
@@ -142,7 +179,8 @@ def _group_row(workflow: str, dataset: str, s: RunStatistics, failures: dict[str
     return (f"<tr><td>{escape(workflow)}</td><td>{escape(dataset)}</td><td class=num>{s.total_tasks}</td>"
             f"<td class=num>{s.success_rate:.1%}</td><td class=num>{number_text(s.latency_p50)}</td>"
             f"<td class=num>{number_text(s.latency_p95)}</td><td class=num>{number_text(s.latency_p99)}</td>"
-            f"<td class=num>{s.total_tokens:,}</td><td class=num>{s.total_cost:.4f}</td><td>{classes}</td></tr>")
+            f"<td class=num>{s.total_tokens:,}</td><td class=num>{s.total_cost:.4f}</td><td>{mean_scores(s)}</td>"
+            f"<td>{classes}</td></tr>")
 
 
 def _flaky_section(summary: ReportSummary) -> str:

