@@ -82,7 +82,8 @@ def _preflight(args: argparse.Namespace, console: Console, manifest: RunManifest
     """Ask each workflow's Dify before anything is published (producer/preflight.py)."""
     if getattr(args, "no_preflight", False):
         return
-    for warning in preflight(args.plan, manifest.workflows, manifest.cases, os.environ, keys_required=keys_required):
+    for warning in preflight(args.plan, manifest.workflows, manifest.cases, os.environ, keys_required=keys_required,
+                             judges=manifest.judges):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 

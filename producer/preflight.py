@@ -12,6 +12,10 @@ For each workflow that talks to Dify over HTTP, with the key of its ``api_key_en
   ``_validate_inputs``): a required variable missing, a select value not among its options, a
   number that is not one, a text longer than its max_length are errors; inputs the app does not
   declare are a warning (Dify drops them).
+
+A Dify judge (``role: judge``) is a workflow and is checked the same way. An OpenAI-compatible
+judge gets ``GET {base_url}/models``: no answer or a 401 is an error (no case could be graded);
+another status is a warning (not every compatible server lists its models).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from ..config.checks import OpenAIJudge
 from ..config.errors import PlanError
 from ..config.manifest import Task
 from ..config.plan import WorkflowConfig
@@ -40,7 +45,7 @@ class PreflightError(PlanError):
 
 def preflight(
     plan_path: str, workflows: Iterable[WorkflowConfig], cases: Iterable[Task], environ: Mapping[str, str],
-    *, keys_required: bool, http: httpx.Client | None = None,
+    *, keys_required: bool, http: httpx.Client | None = None, judges: Iterable[OpenAIJudge] = (),
 ) -> list[str]:
     """Check every HTTP workflow; returns warnings, raises PreflightError with every problem.
 
@@ -58,6 +63,10 @@ def preflight(
             if workflow.is_stub or workflow.is_mock or workflow.api_key_env is None:
                 continue
             found = _check_workflow(client, workflow, by_workflow.get(workflow.id, []), environ, keys_required)
+            problems += found[0]
+            warnings += found[1]
+        for judge in judges:
+            found = _check_judge(client, judge, environ, keys_required)
             problems += found[0]
             warnings += found[1]
     finally:
@@ -97,6 +106,28 @@ def _check_workflow(
     if not isinstance(form, list):
         return [f"{name}: GET {url}/parameters has no user_input_form list: is {url} a Dify API?"], []
     return check_inputs(name, form, tasks)
+
+
+def _check_judge(client: httpx.Client, judge: OpenAIJudge, environ: Mapping[str, str],
+                 keys_required: bool) -> tuple[list[str], list[str]]:
+    name, url = f"judge {judge.id!r}", mask_url(judge.base_url)
+    key = environ.get(judge.api_key_env) if judge.api_key_env else None
+    if judge.api_key_env and not key:
+        if keys_required:
+            return [f"{name}: {judge.api_key_env} is not set, so no case could be graded (the embedded default's "
+                    "worker is this process: export the key first)"], []
+        return [], []
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = client.get(f"{judge.base_url}/models", headers=headers)
+    except httpx.HTTPError as exc:
+        return [f"{name}: cannot reach {url} ({type(exc).__name__}: {exc or 'no answer'})"], []
+    if response.status_code in (401, 403):
+        return [f"{name}: {url} rejected the key in {judge.api_key_env} (HTTP {response.status_code})"], []
+    if response.status_code != 200:
+        return [], [f"{name}: GET {url}/models answered HTTP {response.status_code}; is {url} an OpenAI-compatible "
+                    "API (its base URL, such as https://api.openai.com/v1)?"]
+    return [], []
 
 
 def _get(client: httpx.Client, full_url: str, headers: dict[str, str], name: str, var: str,

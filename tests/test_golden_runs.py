@@ -130,7 +130,12 @@ def test_an_unreachable_judge_ends_the_case_error_not_failed(tmp_path: Path) -> 
         "datasets": [{"name": "ds", "cases": [{"id": "a", "inputs": {"query": "q"}, "expect": {
             "judge": {"by": "gone", "rubric": RUBRIC}}}]}],
         "execution": {"retry_policy": {"max_attempts": 2, "backoff_seconds": 0.05}}})
-    done = cli("run", str(plan), "--out", str(tmp_path / "runs"), "--no-progress")
+    # Preflight asks the judge before anything is published: exit 2, no run.
+    refused = cli("run", str(plan), "--out", str(tmp_path / "runs"), "--no-progress")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "judge 'gone': cannot reach http://127.0.0.1:" in refused.stderr and not (tmp_path / "runs").exists()
+    # Past preflight (the judge went away later), the case ends ERROR: nothing was judged.
+    done = cli("run", str(plan), "--out", str(tmp_path / "runs"), "--no-progress", "--no-preflight")
     assert done.returncode == 1, done.stdout + done.stderr
     [result] = json.loads((only_run(tmp_path / "runs") / "report.json").read_text())["results"]
     assert result["status"] == "error"

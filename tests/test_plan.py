@@ -17,10 +17,14 @@ from .conftest import REPO, stub_plan, write_plan
 def test_demo_plan_loads_and_expands() -> None:
     loaded = load_plan(REPO / "config/plans/demo.yaml")
     manifest = expand(loaded)
-    assert loaded.case_count == len(manifest.cases) == 16
+    assert loaded.case_count == len(manifest.cases) == 21
     assert manifest.cases[0].task_id == "translator/smoke/hello"
-    assert {t.dataset for t in manifest.cases} == {"smoke", "questions"}
+    assert {t.dataset for t in manifest.cases} == {"smoke", "questions", "golden"}
+    # grader is a judge: it grades the golden set and runs no dataset itself.
     assert {t.workflow_id for t in manifest.cases} == {"translator", "offline"}
+    golden = [t for t in manifest.cases if t.dataset == "golden"]
+    assert golden[0].expect is not None and golden[0].expect.equals == "Mock answer: good morning French"
+    assert "expected" not in golden[0].parameters
 
 
 def test_seed_defaults() -> None:

@@ -12,7 +12,12 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 _WORD = re.compile(r"\w+")
 
@@ -57,3 +62,29 @@ def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
     }
+
+
+# The mock's key check: (the key, None) or (None, the refusal to send).
+Authorize = Callable[[Request], tuple[str | None, Response | None]]
+
+
+def judge_routes(authorize: Authorize) -> list[Route]:
+    """``POST /v1/chat/completions`` and ``GET /v1/models``, OpenAI-compatible (not Dify APIs)."""
+
+    async def completions(request: Request) -> Response:
+        _, denied = authorize(request)
+        if denied is not None:
+            return denied
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return JSONResponse({"error": {"message": "messages is required", "type": "invalid_request_error"}}, 400)
+        return JSONResponse(chat_completion(body))
+
+    async def models(request: Request) -> Response:
+        _, denied = authorize(request)
+        return denied or JSONResponse({"object": "list", "data": [{"id": "mock-judge", "object": "model"}]})
+
+    return [Route("/v1/chat/completions", completions, methods=["POST"]), Route("/v1/models", models, methods=["GET"])]

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .judge import chat_completion, is_judge_run, judge_outputs
+from .judge import is_judge_run, judge_outputs, judge_routes
 from .limits import LimitStyle, concurrency_refusal, quota_refusal
 from .scenario import RESERVED_KEY, Behaviour, MockRun, error_body
 from .stats import MockStats
@@ -340,19 +340,6 @@ class MockDify:
     async def mock_stats(self, request: Request) -> Response:
         return _json({**self.stats.as_dict(), "running": self.running()})
 
-    async def chat_completions(self, request: Request) -> Response:
-        """OpenAI-compatible, for judges (judge.py): not a Dify API."""
-        _, denied = self.authorize(request)
-        if denied is not None:
-            return denied
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            body = None
-        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-            return _json({"error": {"message": "messages is required", "type": "invalid_request_error"}}, 400)
-        return _json(chat_completion(body))
-
     async def mock_reset(self, request: Request) -> Response:
         self.stats.reset()
         self.active.clear()
@@ -369,7 +356,7 @@ def create_mock_app(options: MockOptions | None = None) -> Starlette:
         Route("/v1/workflows/run/{run_id}", mock.run_detail, methods=["GET"]),
         Route("/v1/parameters", mock.parameters, methods=["GET"]),
         Route("/v1/info", mock.info, methods=["GET"]),
-        Route("/v1/chat/completions", mock.chat_completions, methods=["POST"]),
+        *judge_routes(mock.authorize),
         Route("/_mock/stats", mock.mock_stats, methods=["GET"]),
         Route("/_mock/reset", mock.mock_reset, methods=["POST"]),
     ])
