@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 from celery import Celery
+from celery.exceptions import WorkerShutdown
 from celery.worker import WorkController
 
 from ..config.manifest import RunManifest
@@ -199,6 +200,10 @@ class _ReadyWorkController(WorkController):
         self.ready.set()
 
 
+def _shut_down() -> None:
+    raise WorkerShutdown(0)
+
+
 class InProcessWorker:
     """A Celery worker on the threads pool, running in a thread of this process."""
 
@@ -230,10 +235,20 @@ class InProcessWorker:
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._controller is not None:
-            self._controller.stop(in_sighandler=False)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        controller, thread = self._controller, self._thread
+        if controller is None or thread is None:
+            return
+        hub = getattr(controller, "hub", None)
+        if hub is not None and thread.is_alive():
+            # The worker stops in its own thread, as Celery's `shutdown` control command does it:
+            # stopped from this thread, it closed the consumer's channels while its event loop
+            # still iterated them (kombu's binding-expiry timer logged "Set changed size during
+            # iteration" on the user's terminal).
+            hub.call_soon(_shut_down)
+            thread.join(timeout)
+        if thread.is_alive():
+            controller.stop(in_sighandler=False)
+            thread.join(timeout)
 
     def __enter__(self) -> InProcessWorker:
         return self.start()

@@ -179,3 +179,23 @@ def test_only_and_tags_pick_a_subset(tmp_path: Path) -> None:
     assert wrong.returncode == 2 and "--only: no dataset named 'nope' (datasets: smoke, golden, load)" in wrong.stderr
     none = cli("run", str(plan), "--tag", "slow")
     assert none.returncode == 2 and "--tag slow: no dataset or case has this tag" in none.stderr
+
+
+def test_a_missing_model_package_is_a_plan_error_and_a_worker_error(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from dify_runner.config import checks as check_models
+    from dify_runner.config.errors import PlanError
+    from dify_runner.config.loader import load_plan
+    from dify_runner.worker.checks import CheckUnavailable
+
+    monkeypatch.setitem(check_models.SIMILARITY_MODELS, "tiny-missing", ("no_such_package_for_dify_runner", "v"))
+    plan = golden_plan(tmp_path, ["a,q1,x"], {"similarity": {"expected": "{{ expected }}", "model": "tiny-missing"}})
+    with pytest.raises(PlanError) as caught:
+        load_plan(plan)
+    assert caught.value.problems == [
+        "dataset 'golden': expect.similarity.model: similarity model 'tiny-missing' needs the package "
+        "'no_such_package_for_dify_runner', which is not installed here: pip install 'dify-runner[similarity]' "
+        "(on the producer and on every worker)"]
+    expect = Expectations.model_validate({"similarity": {"expected": "x", "model": "tiny-missing"}})
+    with pytest.raises(CheckUnavailable, match="pip install 'dify-runner\\[similarity\\]'"):
+        evaluate(expect, result("x"), latency=0.1)

@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .http import json_body
+
 _WORD = re.compile(r"\w+")
 
 
@@ -75,10 +77,7 @@ def judge_routes(authorize: Authorize) -> list[Route]:
         _, denied = authorize(request)
         if denied is not None:
             return denied
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            body = None
+        body = await json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return JSONResponse({"error": {"message": "messages is required", "type": "invalid_request_error"}}, 400)
         return JSONResponse(chat_completion(body))

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .http import json_body
 from .judge import is_judge_run, judge_outputs, judge_routes
 from .limits import LimitStyle, concurrency_refusal, quota_refusal
 from .scenario import RESERVED_KEY, Behaviour, MockRun, error_body
@@ -141,10 +142,7 @@ class MockDify:
         _, denied = self.authorize(request)
         if denied is not None:
             return denied
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            body = None
+        body = await json_body(request)
         if not isinstance(body, dict):
             return self.reply(_json(error_body(400, "invalid_param",
                                                "Invalid JSON payload received or JSON payload is empty."), 400))
