@@ -86,8 +86,8 @@ class Stack:
 
     def up(self) -> None:
         self.compose("up", "-d", "--no-recreate", "--scale", "worker=2")
-        wait_for(lambda: all(self.health(c) == "healthy" for c in self.containers("worker") + self.containers("redis")),
-                 "healthy redis and workers", 180)
+        wait_for(lambda: [self.health(c) for c in self.containers("worker") + self.containers("redis")]
+                 == ["healthy"] * 3, "healthy redis and two workers", 180)  # none running is not healthy
 
     def producer(self, plan: str = "/plans/load.yaml") -> subprocess.Popen[str]:
         return subprocess.Popen([os.environ["DOCKER_COMPOSE"], "-p", self.project, "--env-file", str(self.env_file),
