@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..worker.statistics import RunStatistics
 from .reports import RunSummary
-from .summary import ReportSummary, number_text
+from .summary import ReportSummary, judge_cost_text, number_text
 
 FLAKY_SHOWN = 10
 
@@ -86,8 +86,8 @@ def checks_text(stats: RunStatistics) -> str | None:
             text += f" mean {check.mean_score:.3f}"
         parts.append(text)
     line = "checks: " + ", ".join(parts)
-    if stats.judge_tokens or stats.judge_cost:
-        line += f"\njudges: {stats.judge_tokens} tokens, cost {stats.judge_cost:.4f} (not in the table's figures)"
+    if stats.judge_tokens or stats.judge_cost or stats.judge_cost_unknown:
+        line += f"\njudges: {stats.judge_tokens} tokens, cost {judge_cost_text(stats)} (not in the table's figures)"
     return line
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..worker.models import TestResult
 from ..worker.statistics import RunStatistics
-from .summary import HistogramBin, ReportSummary, number_text, task_status_of
+from .summary import HistogramBin, ReportSummary, judge_cost_text, number_text, task_status_of
 
 if TYPE_CHECKING:
     from .reports import RunSummary
@@ -89,8 +89,9 @@ def _checks_section(stats: RunStatistics) -> str:
     rows = "".join(f"<tr><td>{escape(name)}</td><td class=num>{c.total}</td><td class=num>{c.passed}</td>"
                    f"<td class=num>{c.pass_rate:.1%}</td><td class=num>{number_text(c.mean_score)}</td></tr>"
                    for name, c in stats.checks.items())
-    judges = (f"<p class=muted>judges: {stats.judge_tokens:,} tokens, cost {stats.judge_cost:.4f} "
-              "(apart from the app's figures)</p>") if stats.judge_tokens or stats.judge_cost else ""
+    judges = (f"<p class=muted>judges: {stats.judge_tokens:,} tokens, cost {escape(judge_cost_text(stats))} "
+              "(apart from the app's figures)</p>") if stats.judge_tokens or stats.judge_cost or \
+        stats.judge_cost_unknown else ""
     ttft = (f"<p class=muted>time to first token: p50 {number_text(stats.ttft_p50)} s, "
             f"p95 {number_text(stats.ttft_p95)} s</p>") if stats.ttft_p50 is not None else ""
     return ("<h2>Checks</h2><table id=checks><thead><tr><th>check</th><th class=num>cases</th>"

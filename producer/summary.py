@@ -33,6 +33,14 @@ def number_text(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def judge_cost_text(stats: RunStatistics) -> str:
+    """The judges' cost; ``?`` and a count when some of their calls reported no price."""
+    if not stats.judge_cost_unknown:
+        return f"{stats.judge_cost:.4f}"
+    return (f"{stats.judge_cost:.4f}? ({stats.judge_cost_unknown} judge calls reported no price: a Dify judge "
+            "on the blocking API)")
+
+
 def task_status_of(result: TestResult) -> str:
     """The 8-state status kept in metadata (CANCELLED and ERROR both map to ERROR)."""
     return task_status_in(result.metadata, result.status.value)

@@ -192,3 +192,22 @@ def test_similarity_and_a_judge_on_a_fleet_worker(tmp_path: Path, fleet: Fleet, 
     # One app run per case, one judge run per golden row, one chat completion for the open case.
     assert stats["paths"]["/v1/workflows/run"] == 9 + 8 and stats["paths"]["/v1/chat/completions"] == 1
     assert "app-mock" not in (only_run(tmp_path / "runs") / "report.json").read_text()
+
+
+def test_a_blocking_dify_judge_has_an_unknown_cost_not_a_free_one(tmp_path: Path) -> None:
+    golden_csv(tmp_path / "golden.csv", 3, wrong=set())
+    plan = write_plan(tmp_path, {
+        "name": "blocking-judge",
+        "workflows": [{"id": "app", "base_url": "mock"},
+                      {"id": "grader", "base_url": "mock", "role": "judge", "response_mode": "blocking"}],
+        "datasets": [{"name": "golden", "file": "golden.csv", "id_column": "id", "expect_columns": ["expected"],
+                      "expect": {"judge": {"by": "grader", "rubric": RUBRIC, "expected": "{{ expected }}"}}}]})
+    done = cli("run", str(plan), "--out", str(tmp_path / "runs"), "--no-progress")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((only_run(tmp_path / "runs") / "report.json").read_text())
+    assert all(r["checks"][0]["cost"] is None and r["checks"][0]["tokens"] == 120 for r in report["results"])
+    stats = report["run"]["statistics"]
+    assert (stats["judge_tokens"], stats["judge_cost"], stats["judge_cost_unknown"]) == (360, 0.0, 3)
+    assert "judges: 360 tokens, cost 0.0000? (3 judge calls reported no price: a Dify judge on the blocking API)" \
+        in done.stdout.replace("\n", " ")
+    assert "cost 0.0000? (3 judge calls" in (only_run(tmp_path / "runs") / "report.html").read_text()

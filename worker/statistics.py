@@ -63,6 +63,7 @@ class BatchSummary(BaseModel):
     checks: dict[str, CheckTally] = Field(default_factory=dict)
     judge_tokens: int = 0
     judge_cost: float = 0.0
+    judge_cost_unknown: int = 0
 
     def add(self, status: str, latency: float, tokens: int, cost: float | None,
             metadata: dict[str, object] | None = None, checks: Sequence[Any] = ()) -> None:
@@ -77,6 +78,8 @@ class BatchSummary(BaseModel):
                 tally.scored += 1
             self.judge_tokens += check.tokens
             self.judge_cost += check.cost or 0.0
+            # A judge on Dify's blocking API reports no price: unknown, which is not free.
+            self.judge_cost_unknown += check.name == "judge" and check.cost is None
         if metadata:
             self.throttled += int(metadata.get("throttled") or 0)  # type: ignore[call-overload]
             self.dify_stops += int(metadata.get("dify_stops") or 0)  # type: ignore[call-overload]
@@ -115,6 +118,7 @@ class BatchSummary(BaseModel):
             self.checks.setdefault(name, CheckTally()).merge(tally)
         self.judge_tokens += other.judge_tokens
         self.judge_cost += other.judge_cost
+        self.judge_cost_unknown += other.judge_cost_unknown
 
 
 class CheckStats(BaseModel):
@@ -163,6 +167,8 @@ class RunStatistics(BaseModel):
     # What the judges' own calls used, apart from the app under test's tokens and cost.
     judge_tokens: int = 0
     judge_cost: float = 0.0
+    # Judge calls whose cost is unknown (a Dify judge on the blocking API).
+    judge_cost_unknown: int = 0
 
     def counts_by_status(self) -> dict[str, int]:
         """The final statuses and how many cases ended in each, in the order reports show them."""
@@ -205,6 +211,7 @@ class RunStatistics(BaseModel):
                                      mean_score=t.mean_score) for name, t in sorted(merged.checks.items())},
             judge_tokens=merged.judge_tokens,
             judge_cost=round(merged.judge_cost, 10),
+            judge_cost_unknown=merged.judge_cost_unknown,
         )
 
 
