@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .settings import check_target_url
 from .templates import is_template
 
 Normalization = Literal["case", "whitespace", "punctuation", "unicode"]
@@ -98,6 +99,4 @@ class OpenAIJudge(CheckModel):
     @field_validator("base_url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if value != "mock" and not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL or 'mock', got {value!r}")
-        return value.rstrip("/")
+        return check_target_url(value, ("mock",), "api_key_env")

@@ -60,10 +60,12 @@ def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedP
 
     cases: dict[str, list[CaseConfig]] = {}
     problems: list[str] = []
-    for index, workflow in enumerate(plan.workflows):
-        refusal = key_variable_refusal(workflow.api_key_env, os.environ) if workflow.api_key_env else None
-        if refusal is not None:
-            problems.append(f"workflows[{index}].api_key_env = {workflow.api_key_env!r}: {refusal}")
+    targets = [("workflows", plan.workflows), ("judges", plan.judges)]
+    for field, configs in targets:
+        for index, target in enumerate(configs):
+            refusal = key_variable_refusal(target.api_key_env, os.environ) if target.api_key_env else None
+            if refusal is not None:
+                problems.append(f"{field}[{index}].api_key_env = {target.api_key_env!r}: {refusal}")
     for index, dataset in enumerate(plan.datasets):
         resolved = list(dataset.cases)
         if dataset.file is not None:
@@ -145,8 +147,9 @@ def resolve_expectations(index: int, dataset: DatasetConfig, cases: list[CaseCon
     for position, case in enumerate(cases):
         where = f"datasets[{index}] ({dataset.name}) case {case.id or position + 1!r}"
         expect = case.expect
-        if expect is not None and names_in(case.expect.model_dump(exclude_unset=True)):
-            expect, problem = _rendered(case.expect.model_dump(exclude_unset=True), case)
+        own = expect.model_dump(exclude_unset=True) if expect is not None else None
+        if own is not None and names_in(own):
+            expect, problem = _rendered(own, case)
         elif expect is None and templated:
             expect, problem = _rendered(raw, case)
         else:

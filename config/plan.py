@@ -10,13 +10,12 @@ import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .checks import OpenAIJudge
 from .expectations import Expectations, Gates
-from .settings import mask_url
+from .settings import check_target_url
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 ENV_VAR_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,255}$"
@@ -147,16 +146,7 @@ class WorkflowConfig(StrictModel):
     @field_validator("base_url")
     @classmethod
     def _url_or_stub(cls, value: str) -> str:
-        if value in (STUB_TARGET, MOCK_TARGET):
-            return value
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError(f"must be an http(s) URL, {STUB_TARGET!r} or {MOCK_TARGET!r}, got {value!r}")
-        if "@" in urlsplit(value).netloc:
-            # It would be written into manifests and reports, and httpx would send it as Basic
-            # auth in place of the key. The shown value never repeats the secret.
-            raise ValueError(f"must not hold credentials (user:password@), got {mask_url(value)!r}: the API key "
-                             "comes from api_key_env")
-        return value.rstrip("/")
+        return check_target_url(value, (STUB_TARGET, MOCK_TARGET), "api_key_env")
 
     @model_validator(mode="after")
     def _key_for_real_targets(self) -> WorkflowConfig:

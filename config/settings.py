@@ -20,6 +20,23 @@ KEY_VARIABLES_ENV = ENV_PREFIX + "KEY_VARIABLES"
 DEFAULT_KEY_VARIABLES = ("*DIFY*KEY*",)
 
 
+def check_target_url(value: str, specials: tuple[str, ...], what: str) -> str:
+    """``value`` without its trailing slash if it is one of ``specials`` or an http(s) URL without
+    credentials; ValueError otherwise (the shown value never repeats a secret)."""
+    if value in specials:
+        return value
+    if not re.match(r"^https?://[^\s/]+", value):
+        names = ["an http(s) URL", *(repr(special) for special in specials)]
+        shown = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        raise ValueError(f"must be {shown}, got {value!r}")
+    if "@" in urlsplit(value).netloc:
+        # It would be written into manifests and reports, and httpx would send it as Basic
+        # auth in place of the key.
+        raise ValueError(f"must not hold credentials (user:password@), got {mask_url(value)!r}: the API key "
+                         f"comes from {what}")
+    return value.rstrip("/")
+
+
 def mask_url(url: str) -> str:
     """The URL with its credentials (``user:password@``) hidden, for messages and logs."""
     return re.sub(r"(://)[^/@]*@", r"\1***@", url)

@@ -199,3 +199,17 @@ def test_a_missing_model_package_is_a_plan_error_and_a_worker_error(tmp_path: Pa
     expect = Expectations.model_validate({"similarity": {"expected": "x", "model": "tiny-missing"}})
     with pytest.raises(CheckUnavailable, match="pip install 'dify-runner\\[similarity\\]'"):
         evaluate(expect, result("x"), latency=0.1)
+
+
+def test_a_judges_url_and_key_variable_follow_the_workflows_rules(tmp_path: Path) -> None:
+    base = {"name": "p", "workflows": [{"id": "app", "base_url": "mock"}],
+            "datasets": [{"name": "ds", "cases": [{"id": "a", "inputs": {"query": "q"}}]}]}
+    secret = write_plan(tmp_path, {**base, "judges": [{"id": "gpt", "base_url": "https://user:s3cret@llm.example/v1",
+                                                        "model": "m", "api_key_env": "OPENAI_DIFY_KEY"}]})
+    done = cli("validate", str(secret))
+    assert done.returncode == 2 and "must not hold credentials (user:password@), got 'https://***@llm.example/v1'" \
+        in done.stderr and "s3cret" not in done.stderr
+    foreign = write_plan(tmp_path, {**base, "judges": [{"id": "gpt", "base_url": "https://llm.example/v1",
+                                                         "model": "m", "api_key_env": "HOME"}]})
+    done = cli("validate", str(foreign))
+    assert done.returncode == 2 and "judges[0].api_key_env = 'HOME': is not a variable meant to hold" in done.stderr
