@@ -13,6 +13,7 @@ from .checks import missing_package
 from .datasets import read_case_file
 from .errors import PlanError, read_user_file
 from .expectations import Expectations
+from .files import is_file_input, resolve_files
 from .plan import CaseConfig, DatasetConfig, TestPlan, judge_problem
 from .settings import key_variable_refusal
 from .templates import TemplateError, names_in, render
@@ -27,10 +28,12 @@ MAX_PLAN_DEPTH = 64
 class LoadedPlan:
     """A validated plan with every dataset's cases resolved (inline and from files)."""
 
-    def __init__(self, path: Path, plan: TestPlan, cases: dict[str, list[CaseConfig]]) -> None:
+    def __init__(self, path: Path, plan: TestPlan, cases: dict[str, list[CaseConfig]],
+                 files: dict[str, Path] | None = None) -> None:
         self.path = path
         self.plan = plan
         self.cases = cases
+        self.files = files or {}  # local file inputs: sha256 -> path
 
     @property
     def case_count(self) -> int:
@@ -59,6 +62,7 @@ def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedP
         raise PlanError(shown, format_validation_error(exc)) from None
 
     cases: dict[str, list[CaseConfig]] = {}
+    staged: dict[str, Path] = {}
     problems: list[str] = []
     targets = [("workflows", plan.workflows), ("judges", plan.judges)]
     for field, configs in targets:
@@ -89,11 +93,12 @@ def load_plan(path: str | Path, data_roots: list[Path] | None = None) -> LoadedP
         if not resolved:
             problems.append(f"datasets[{index}] ({dataset.name}): has no cases")
         problems += resolve_expectations(index, dataset, resolved, plan.judge_ids())
+        problems += resolve_case_files(index, dataset.name, resolved, path.parent, roots, staged, plan.judge_ids())
         cases[dataset.name] = resolved
     problems += _missing_models(cases)
     if problems:
         raise PlanError(shown, problems)
-    return LoadedPlan(path, plan, cases)
+    return LoadedPlan(path, plan, cases, staged)
 
 
 MAX_TEMPLATE_PROBLEMS = 10
@@ -132,7 +137,44 @@ def select(loaded: LoadedPlan, only: list[str] | None = None, tags: list[str] | 
         cases = {d.name: cases[d.name] for d in datasets}
     if not datasets:
         raise PlanError(shown, [f"--tag {', '.join(tags or [])}: no dataset or case has this tag"])
-    return LoadedPlan(loaded.path, plan.model_copy(update={"datasets": datasets}), cases)
+    return LoadedPlan(loaded.path, plan.model_copy(update={"datasets": datasets}), cases, loaded.files)
+
+
+def resolve_case_files(index: int, name: str, cases: list[CaseConfig], plan_dir: Path, roots: list[Path],
+                       staged: dict[str, Path], judges: list[str]) -> list[str]:
+    """Resolve the file inputs of every case and turn (config/files.py), and check the turns'
+    judges; returns the problems, each naming the case and the field."""
+    problems: list[str] = []
+
+    def resolved(where: str, value: Any) -> Any:
+        try:
+            return resolve_files(value, plan_dir, roots, staged)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            return value
+
+    for position, case in enumerate(cases):
+        where = f"datasets[{index}] ({name}) case {case.id or position + 1!r}"
+        update: dict[str, Any] = {}
+        if any(is_file_input(v) or isinstance(v, list) for v in case.inputs.values()):
+            update["inputs"] = {k: resolved(f"{where}: inputs.{k}", v) for k, v in case.inputs.items()}
+        if case.files:
+            update["files"] = [resolved(f"{where}: files[{i}]", v) for i, v in enumerate(case.files)]
+        if case.turns:
+            turns = []
+            for t, turn in enumerate(case.turns):
+                problem = judge_problem(turn.expect, judges)
+                if problem:
+                    problems.append(f"{where}: turns[{t}].expect.judge.by: {problem}")
+                turns.append(turn.model_copy(update={
+                    "inputs": {k: resolved(f"{where}: turns[{t}].inputs.{k}", v) for k, v in turn.inputs.items()},
+                    "files": [resolved(f"{where}: turns[{t}].files[{i}]", v) for i, v in enumerate(turn.files)]}))
+            update["turns"] = turns
+        if update:
+            cases[position] = case.model_copy(update=update)
+        if len(problems) >= MAX_TEMPLATE_PROBLEMS:
+            break
+    return problems
 
 
 def resolve_expectations(index: int, dataset: DatasetConfig, cases: list[CaseConfig], judges: list[str],

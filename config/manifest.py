@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .checks import OpenAIJudge
 from .expectations import Expectations, Gates
-from .plan import ExecutionPolicy, WorkflowConfig
+from .plan import ExecutionPolicy, TurnConfig, WorkflowConfig
 
 
 class Task(BaseModel):
@@ -32,6 +32,10 @@ class Task(BaseModel):
     repeat_index: int = 0
     attempt_count: int = 0
     expect: Expectations | None = None
+    # Chat and completion apps: the message, files sent with it, or a whole conversation.
+    query: str | None = None
+    files: list[Any] = Field(default_factory=list)
+    turns: list[TurnConfig] | None = None
 
 
 class RunManifest(BaseModel):
@@ -47,6 +51,8 @@ class RunManifest(BaseModel):
     execution_policy: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
     gates: Gates = Field(default_factory=Gates)
     judges: list[OpenAIJudge] = Field(default_factory=list)
+    # Local file inputs (sha256 -> path): staged in the run's Redis state for the workers.
+    files: dict[str, str] = Field(default_factory=dict)
 
     def judge(self, judge_id: str) -> WorkflowConfig | OpenAIJudge:
         """The judge named ``judge_id``: a workflow with role: judge, or an OpenAI-compatible one."""

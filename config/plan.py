@@ -24,6 +24,10 @@ STUB_TARGET = "stub"
 MOCK_TARGET = "mock"
 
 Behavior = Literal["success", "failure", "timeout", "error"]
+# Dify's app modes (``AppMode`` in api/models/model.py) and the names the UI gives them.
+AppMode = Literal["workflow", "advanced-chat", "chat", "agent-chat", "completion"]
+APP_MODE_ALIASES = {"chatflow": "advanced-chat", "chatbot": "chat", "agent": "agent-chat"}
+CHAT_MODES = frozenset({"advanced-chat", "chat", "agent-chat"})
 _FLAKY = re.compile(r"^flaky:(\d{1,3})$")
 
 
@@ -134,6 +138,10 @@ class WorkflowConfig(StrictModel):
     # "judge": the workflow grades other workflows' answers (expect.judge.by) and runs no
     # dataset itself; its inputs are rubric, answer, expected, query; its outputs score, reason.
     role: Literal["app", "judge"] = "app"
+    # Which Dify API the app answers on: workflow (/workflows/run), a chat mode
+    # (/chat-messages) or completion (/completion-messages). None: preflight asks Dify's
+    # /info, and a worker that meets not_workflow_app asks it too.
+    app_mode: AppMode | None = None
 
     @property
     def is_stub(self) -> bool:
@@ -142,6 +150,18 @@ class WorkflowConfig(StrictModel):
     @property
     def is_mock(self) -> bool:
         return self.base_url == MOCK_TARGET
+
+    @property
+    def api(self) -> Literal["workflow", "chat", "completion"]:
+        """The API family of the app: how a case is sent and its answer read."""
+        if self.app_mode in CHAT_MODES:
+            return "chat"
+        return "completion" if self.app_mode == "completion" else "workflow"
+
+    @field_validator("app_mode", mode="before")
+    @classmethod
+    def _alias(cls, value: Any) -> Any:
+        return APP_MODE_ALIASES.get(value, value) if isinstance(value, str) else value
 
     @field_validator("base_url")
     @classmethod
@@ -157,7 +177,22 @@ class WorkflowConfig(StrictModel):
             )
         if self.stub is not None and not self.is_stub:
             raise ValueError(f"workflow {self.id!r}: 'stub' settings need base_url: stub")
+        if self.app_mode == "agent-chat" and self.response_mode == "blocking":
+            raise ValueError(f"workflow {self.id!r}: an agent app answers only in streaming mode (Dify refuses "
+                             "blocking calls to it); use response_mode: streaming")
+        if self.role == "judge" and self.api != "workflow":
+            raise ValueError(f"workflow {self.id!r}: a judge must be a workflow app (app_mode: workflow)")
         return self
+
+
+class TurnConfig(StrictModel):
+    """One message of a conversation: the user's query, inputs over the case's, its checks."""
+
+    query: str = Field(min_length=1, max_length=100_000)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    # Files sent with the message (Dify's ``files``: an image for a vision model, ...).
+    files: list[Any] = Field(default_factory=list, max_length=100)
+    expect: Expectations | None = None
 
 
 class CaseConfig(StrictModel):
@@ -165,6 +200,12 @@ class CaseConfig(StrictModel):
 
     id: str | None = Field(None, pattern=IDENTIFIER)
     inputs: dict[str, Any] = Field(default_factory=dict)
+    # A chat or completion app's message (else the ``query`` input is sent as the message).
+    query: str | None = Field(None, min_length=1, max_length=100_000)
+    files: list[Any] = Field(default_factory=list, max_length=100)
+    # A conversation: the turns go to one chat app in order, each with the conversation_id
+    # Dify returned; ``expect`` then checks the last answer and the conversation's totals.
+    turns: list[TurnConfig] | None = Field(None, min_length=1, max_length=100)
     scenario: str | None = Field(None, max_length=256)
     expect: Expectations | None = None
     tags: list[str] = Field(default_factory=list)

@@ -52,6 +52,9 @@ def expand(
                             parameters=case.inputs,
                             repeat_index=repeat,
                             expect=case.expect or dataset.expect,
+                            query=case.query,
+                            files=case.files,
+                            turns=case.turns,
                         )
                     )
     return RunManifest(
@@ -63,4 +66,5 @@ def expand(
         execution_policy=plan.execution,
         gates=plan.gates,
         judges=plan.judges,
+        files={digest: str(path) for digest, path in loaded.files.items()},
     )
