@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -30,12 +29,14 @@ from .dry_run import print_dry_run
 from .embedded import EmbeddedError, embedded_backend, mock_targets
 from .expansion import expand
 from .interrupts import PublishGuard, terminate_as_interrupt
+from .mock_command import cmd_mock_dify
 from .outcome import (
     EXIT_BAD_INPUT,
     EXIT_INFRA,
     EXIT_INTERRUPTED,
     EXIT_NOT_ALL_PASSED,
     EXIT_OK,
+    UsageError,
     finish_run,
     finish_watched,
     incomplete_text,
@@ -52,10 +53,6 @@ from .watch import watch_run
 from .worker_command import cmd_worker
 
 MANIFEST_FILE = "manifest.jsonl"
-
-
-class UsageError(Exception):
-    """Arguments that do not fit together (exit 2)."""
 
 
 def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str]) -> list[str]:
@@ -312,22 +309,6 @@ def cmd_cancel(args: argparse.Namespace, console: Console, settings: Settings) -
         return EXIT_OK
     console.print(f"run {args.run_id} cancelled: cases not started end CANCELLED, streaming calls are stopped; "
                   f"`dify-runner wait {args.run_id}` shows the end", highlight=False)
-    return EXIT_OK
-
-
-def cmd_mock_dify(args: argparse.Namespace, console: Console, settings: Settings) -> int:
-    from ..mockdify.server import MockOptions, serve
-
-    options = MockOptions(
-        latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, fail_rate=args.fail_rate,
-        concurrency_limit=args.concurrency_limit, limit_style=args.limit_style, quota=args.quota,
-        max_execution_time=args.max_execution_time, app_mode=args.app_mode,
-        input_form=json.loads(args.input_form) if args.input_form else None,
-        api_keys=args.api_key or os.environ.get("MOCK_DIFY_API_KEYS", "app-mock").split(","),
-        ping_interval=args.ping_interval, price_format=args.price_format, retry_after=args.retry_after,
-    )
-    console.print(f"mock Dify on http://{args.host}:{args.port}/v1 (stats: /_mock/stats)", highlight=False)
-    serve(options, args.host, args.port)
     return EXIT_OK
 
 

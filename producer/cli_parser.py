@@ -164,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "(Dify Cloud's spent workflow quota)")
     p.add_argument("--max-execution-time", type=float, metavar="S",
                    help="stop runs older than S seconds as Dify's APP_MAX_EXECUTION_TIME does (status stopped)")
-    p.add_argument("--app-mode", default="workflow", help="the app mode /info reports (e.g. chat, advanced-chat)")
+    p.add_argument("--app-mode", default="workflow", help="the mode of the --api-key keys' app")
+    p.add_argument("--app", action="append", metavar="KEY=MODE",
+                   help="another app: its key and mode (workflow, chat, advanced-chat, agent-chat, completion); "
+                   "repeatable; default: app-chat=chat, app-chatflow=advanced-chat, app-agent=agent-chat, "
+                   "app-completion=completion")
     p.add_argument("--input-form", metavar="JSON", help="the user_input_form /parameters reports (a JSON list)")
     p.add_argument("--api-key", action="append", help="accepted API key (repeatable; default $MOCK_DIFY_API_KEYS "
                    "or app-mock)")

@@ -28,6 +28,10 @@ from .watch import Watched
 EXIT_OK, EXIT_NOT_ALL_PASSED, EXIT_BAD_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+class UsageError(Exception):
+    """Arguments that do not fit together (exit 2)."""
+
+
 def finish_watched(console: Console, store: RunStore, watched: Watched, out_root: Path,
                    interrupted: bool = False) -> int:
     """The end of a run this process watched: reports, summary, exit code."""

@@ -7,6 +7,7 @@ bounded by ``batch_size``, whatever the size of the run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
@@ -18,11 +19,13 @@ from typing import Any
 from celery import Celery, chord
 from pydantic import BaseModel
 
+from ..config.errors import PlanError
 from ..config.manifest import RunManifest
 from ..config.plan import ExecutionPolicy
 from ..config.settings import Settings
 from ..worker.app import RunnerCelery
 from ..worker.batches import close_batch, never_ran_result
+from ..worker.dify.files import stage
 from ..worker.messages import AttemptPolicy, CaseMessage
 from ..worker.store import CLOSED, INTERRUPTED, PUBLISHED, RunInfo, RunStore
 from ..worker.tasks import FINISH_BATCH, case_signature
@@ -145,9 +148,23 @@ def create_run(store: RunStore, manifest: RunManifest, executor: str = "plan",
             for messages in case_messages(manifest, executor):
                 out.writelines(m.model_dump_json() + "\n" for m in messages)
         partial.replace(manifest_file)  # a manifest on disk is always whole
+    if manifest.files:
+        stage(store.redis, manifest.run_id, read_staged_files(manifest.files), store.ttl)
     # The store times the run from now (the manifest's created_at may come from an injected clock).
     store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), manifest.batch_count,
                      datetime.now(timezone.utc), manifest.gates.pass_rate, manifest.execution_policy.batch_size)
+
+
+def read_staged_files(files: dict[str, str]) -> dict[str, bytes]:
+    """The run's local file inputs (sha256 -> path) read again; a file changed since the plan
+    was read is an error, not a different file sent under the same name."""
+    read: dict[str, bytes] = {}
+    for digest, path in files.items():
+        data = Path(path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise PlanError(path, ["the file changed while the run was being prepared; run again"])
+        read[digest] = data
+    return read
 
 
 def publish_run(app: Celery, store: RunStore, manifest: RunManifest, executor: str = "plan",

@@ -10,6 +10,7 @@ clock, the deadline and stopping an abandoned run.
 
 from __future__ import annotations
 
+import mimetypes
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import httpx
 
 from ..config.plan import WorkflowConfig
 from .deadline import Deadline
-from .dify import messages
+from .dify import files, messages
 from .dify import workflow as workflow_api
 from .dify.errors import (
     ConfigurationError,
@@ -29,6 +30,7 @@ from .dify.errors import (
     DifyServerError,
     DifyStoppedError,
     error_from_response,
+    json_object,
     timeout_error,
 )
 from .dify.sse import events
@@ -74,6 +76,7 @@ class DifyClient:
         self._lock = threading.Lock()
         # Stops are sent from short-lived threads (watcher.py): one shared client for them.
         self._stops = self._new_client(max_connections=8)
+        self._modes: dict[tuple[str, str], str | None] = {}  # app_mode() answers
 
     @classmethod
     def create(cls, pool_size: int = 100) -> DifyClient:
@@ -141,6 +144,41 @@ class DifyClient:
         body = messages.request_body(api, query, inputs, files or [], conversation_id, workflow.response_mode,
                                      workflow.user)
         return self._invoke(workflow, api_key, messages.PATHS[api], body, messages, deadline, None, should_stop)
+
+    def upload_file(self, workflow: WorkflowConfig, api_key: str, name: str, data: bytes, deadline: Deadline) -> str:
+        """``POST /files/upload`` (multipart ``file`` and ``user``); the UploadFile's id."""
+        remaining = deadline.remaining()
+        timeout = httpx.Timeout(min(CONNECT_TIMEOUT, remaining), read=remaining, write=remaining, pool=remaining)
+        mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        try:
+            with self._client() as http:
+                response = http.post(f"{workflow.base_url}{files.UPLOAD_PATH}", files={"file": (name, data, mime)},
+                                     data={"user": workflow.user}, headers={"Authorization": f"Bearer {api_key}"},
+                                     timeout=timeout)
+        except httpx.TimeoutException:
+            raise timeout_error(deadline) from None
+        except httpx.TransportError as exc:
+            raise DifyServerError(f"uploading {name!r}: {type(exc).__name__}: {exc or 'connection failed'}") from None
+        if response.status_code >= 400:
+            raise error_from_response(response, response.content)
+        upload_id = json_object(response.content, "upload answer").get("id")
+        if not isinstance(upload_id, str) or not upload_id:
+            raise DifyServerError(f"upload answer has no id: {response.content[:200]!r}")
+        return upload_id
+
+    def app_mode(self, workflow: WorkflowConfig, api_key: str) -> str | None:
+        """The app's mode from ``GET /info`` (``api/controllers/service_api/app/app.py``), kept per
+        base URL and key for the process; None when Dify does not say."""
+        cache_key = (workflow.base_url, api_key)
+        if cache_key not in self._modes:
+            try:
+                response = self._stops.get(f"{workflow.base_url}/info", headers={"Authorization": f"Bearer {api_key}"},
+                                           timeout=STOP_TIMEOUT)
+                mode = response.json().get("mode") if response.status_code == 200 else None
+            except (httpx.HTTPError, ValueError, AttributeError):
+                return None
+            self._modes[cache_key] = mode if isinstance(mode, str) else None
+        return self._modes[cache_key]
 
     def _invoke(
         self, workflow: WorkflowConfig, api_key: str, path: str, body: dict[str, Any], reader: AnswerReader,

@@ -30,12 +30,14 @@ from ..config.plan import StubConfig
 from ..config.settings import key_variable_refusal
 from .checks import Judge, evaluate, failure_message
 from .checks.judge import judge_check
+from .conversation import failed_turns
 from .deadline import Deadline
 from .dify_answers import AnswerKind
+from .dify_apps import SharedState, call_app
 from .dify_client import ConfigurationError, DifyClient
 from .exceptions import TaskCancelledException, TaskExecutionException, TaskTimeoutException
 from .messages import CaseMessage
-from .models import TaskStatus, TestResult, TestStatus
+from .models import TaskStatus, TestResult, TestStatus, TurnResult
 from .stub import run_stub
 
 ExecutionFunc = Callable[..., Any]
@@ -93,6 +95,7 @@ def run_attempt(
     dify: Callable[[], DifyClient],
     hooks: RunHooks | None = None,
     cancelled: Callable[[], bool] | None = None,
+    shared: SharedState | None = None,
 ) -> AttemptOutcome:
     """Run attempt number ``attempt`` (1-based) of the case in ``message``.
 
@@ -111,16 +114,17 @@ def run_attempt(
     started_at = now_fn()
     clock = time.monotonic()
     try:
-        value = _call_target(message, task, deadline, dify, hooks, cancelled)
+        value = _call_target(message, task, deadline, dify, hooks, cancelled, shared or SharedState())
         latency = time.monotonic() - clock  # the call to the target only
         if isinstance(value, dict) and isinstance(value.get("latency"), float):
             latency = value["latency"]  # the Dify client's: from the request written (dify_client._timed)
         test_result = _to_test_result(value, task, started_at)
         status = _STATUS_FROM_TEST[test_result.status]
         error = test_result.error_message
-        if status is TaskStatus.SUCCEEDED and task.expect is not None:
-            test_result.checks = evaluate(task.expect, test_result, latency, _judge(message, deadline, dify))
-            failed = failure_message(test_result.checks)
+        if status is TaskStatus.SUCCEEDED and (task.expect is not None or test_result.turns):
+            own = evaluate(task.expect, test_result, latency, _judge(message, deadline, dify)) if task.expect else []
+            test_result.checks = [c for turn in test_result.turns for c in turn.checks] + own
+            failed = "; ".join(m for m in (failed_turns(test_result.turns), failure_message(own)) if m) or None
             if failed:  # judged, not broken: not retried
                 return AttemptOutcome(TaskStatus.FAILED, started_at, latency, failed, retryable=False,
                                       test_result=test_result)
@@ -169,7 +173,8 @@ def _call_target(
     deadline: Deadline,
     dify: Callable[[], DifyClient],
     hooks: RunHooks | None,
-    cancelled: Callable[[], bool] | None = None,
+    cancelled: Callable[[], bool] | None,
+    shared: SharedState,
 ) -> Any:
     if message.executor == "hook":
         if hooks is None or hooks.execution_func is None:
@@ -203,7 +208,8 @@ def _call_target(
             f"environment variable {workflow.api_key_env} (the API key of workflow "
             f"{workflow.id!r}) is not set in this worker", kind=AnswerKind.REJECTED
         )
-    return dify().run_workflow(workflow, api_key, task.parameters, deadline, should_stop=cancelled)
+    return call_app(message, task, api_key, deadline, dify(), cancelled, shared,
+                    lambda expect, result, latency: evaluate(expect, result, latency, _judge(message, deadline, dify)))
 
 
 def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:
@@ -224,7 +230,9 @@ def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:
     metadata = {
         key: value[key]
         for key in ("workflow_run_id", "dify_task_id", "elapsed_time", "total_steps", "currency", "ttft",
-                    "time_to_first_event", "local_wait")
+                    "time_to_first_event", "local_wait", "conversation_id", "message_id", "agent_thoughts",
+                    "message_files", "prompt_tokens", "completion_tokens", "conversation_restarts",
+                    "conversation_restart_reason")
         if value.get(key) is not None
     }
     if status != "succeeded":
@@ -241,4 +249,5 @@ def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:
         inputs=task.parameters,
         outputs=outputs if isinstance(outputs, dict) else {"output": outputs},
         metadata=metadata,
+        turns=[TurnResult.model_validate(t) for t in value.get("turns") or []],
     )

@@ -72,6 +72,29 @@ class CheckResult(BaseModel):
     # A judge's own call (counted apart from the app under test).
     tokens: int = 0
     cost: float | None = None
+    # The conversation turn (1-based) whose answer was checked; None: the whole case.
+    turn: int | None = None
+
+
+class TurnResult(BaseModel):
+    """One turn of a conversation case: the message sent, the answer, its figures and checks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int  # 1-based
+    query: str
+    answer: str | None = None
+    latency: float = 0.0
+    ttft: float | None = None
+    tokens_used: int = 0
+    cost: float | None = None
+    conversation_id: str | None = None
+    message_id: str | None = None
+    passed: bool = True
+    checks: list[CheckResult] = Field(default_factory=list)
+    # The attempt of the case that ran this turn (a retried turn keeps the earlier turns').
+    attempt: int = 1
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class TestResult(BaseModel):
@@ -95,6 +118,8 @@ class TestResult(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     # The case's checks, in the order expect: lists them (empty without expectations).
     checks: list[CheckResult] = Field(default_factory=list)
+    # A conversation's turns, in order (empty for a single call).
+    turns: list[TurnResult] = Field(default_factory=list)
 
 
 class AttemptRecord(BaseModel):

@@ -25,6 +25,7 @@ from .batches import close_batch
 from .case_request import CaseRequest
 from .converter import STATUS_MAP
 from .dify_answers import AnswerKind
+from .dify_apps import SharedState
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import LONG_WAIT, AttemptPolicy, CaseMessage
@@ -68,6 +69,7 @@ class WorkerRuntime:
         # The Dify client keeps at most this many idle httpx clients: one per case in flight.
         self.pool_size = concurrency
         self._dify: DifyClient | None = None
+        self.shared = SharedState.in_redis(client, self.settings.result_ttl_seconds)
         self._cancelled: dict[str, tuple[float, str | None]] = {}
 
     def dify(self) -> DifyClient:
@@ -200,7 +202,7 @@ def _attempt_or_retry(
             rt.store.retry_started(message.run_id, message.task.task_id)
         if admission is Admission.CANCELLED or _token_cancelled(rt, message, hooks):
             return _cancelled(rt, message, attempt, history, hooks, throttled)
-        outcome = run_attempt(message, attempt, rt.dify, hooks, cancelled=cancelled)
+        outcome = run_attempt(message, attempt, rt.dify, hooks, cancelled=cancelled, shared=rt.shared)
         stop = rt.guard.note(message.run_id, message.task.workflow_id, message.workflow.api_key_env, outcome)
         if stop is not None:
             rt.store.cancel(message.run_id, stop)

@@ -61,6 +61,9 @@ class Behaviour(BaseModel):
     hang: bool = False  # accept, then never answer
     # The first N runs of this case (its input `query`) answer HTTP 500 before starting.
     fail_times: int = Field(0, ge=0)
+    # Chat apps: the first N messages with this query are answered, then their conversation is
+    # forgotten (its next turn gets 404 "Conversation Not Exists.").
+    forget_times: int = Field(0, ge=0)
     trickle: bool = False  # answer one byte at a time, forever
     garbage: bool = False  # a 200 whose body is not Dify's protocol
     truncate: bool = False  # the stream stops before workflow_finished

@@ -22,9 +22,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .files import Uploads
 from .http import json_body
 from .judge import is_judge_run, judge_outputs, judge_routes
 from .limits import LimitStyle, concurrency_refusal, quota_refusal
+from .messages import MessageApps
 from .scenario import RESERVED_KEY, Behaviour, MockRun, error_body
 from .stats import MockStats
 
@@ -54,6 +56,9 @@ class MockOptions(BaseModel):
     max_execution_time: float | None = Field(
         None, gt=0, description="seconds before the mock stops a run itself, like APP_MAX_EXECUTION_TIME")
     app_mode: str = "workflow"
+    # Keys whose app has another mode than app_mode (key -> workflow, chat, advanced-chat,
+    # agent-chat or completion): one mock serves every kind of app, as one Dify does.
+    apps: dict[str, str] = Field(default_factory=dict)
     input_form: list[dict[str, Any]] | None = Field(None, description="the user_input_form /parameters answers")
     api_keys: list[str] = Field(default_factory=lambda: ["app-mock"])
     ping_interval: float = Field(10.0, gt=0)
@@ -80,6 +85,9 @@ class MockDify:
         self.random = random.Random(0)
         self.accepted = 0  # runs accepted, for the quota
         self.failed: Counter[str] = Counter()  # fail_times answers given, by query
+        self.forgotten: Counter[str] = Counter()  # forget_times conversations dropped, by query
+        self.uploads = Uploads()
+        self.messages = MessageApps(self)
         # Runs that may still go on in "Dify", whether or not their client listens.
         self.active: set[MockRun] = set()
 
@@ -93,10 +101,13 @@ class MockDify:
             message = "Authorization header must be provided and start with 'Bearer'"
             return None, self.reply(_json(error_body(401, "unauthorized", message), 401,
                                           {"WWW-Authenticate": 'Bearer realm="api"'}))
-        if key not in self.options.api_keys:
+        if key not in self.options.api_keys and key not in self.options.apps:
             return None, self.reply(_json(error_body(401, "unauthorized", "Access token is invalid"), 401,
                                           {"WWW-Authenticate": 'Bearer realm="api"'}))
         return key, None
+
+    def mode_of(self, key: str | None) -> str:
+        return self.options.apps.get(key or "", self.options.app_mode)
 
     def reply(self, response: Response) -> Response:
         self.stats.statuses[response.status_code] += 1
@@ -139,9 +150,11 @@ class MockDify:
     # -- routes ------------------------------------------------------------------------
 
     async def run_workflow(self, request: Request) -> Response:
-        _, denied = self.authorize(request)
+        key, denied = self.authorize(request)
         if denied is not None:
             return denied
+        if self.mode_of(key) != "workflow":  # api/controllers/service_api/app/workflow.py
+            return self.reply(_json(error_body(400, "not_workflow_app"), 400))
         body = await json_body(request)
         if not isinstance(body, dict):
             return self.reply(_json(error_body(400, "invalid_param",
@@ -329,11 +342,19 @@ class MockDify:
         }))
 
     async def info(self, request: Request) -> Response:
+        key, denied = self.authorize(request)
+        if denied is not None:
+            return denied
+        mode = self.mode_of(key)
+        return self.reply(_json({"name": f"Mock {mode}", "description": "dify-runner's mock of Dify",
+                                 "tags": [], "mode": mode, "author_name": "dify-runner"}))
+
+    async def upload(self, request: Request) -> Response:
         _, denied = self.authorize(request)
         if denied is not None:
             return denied
-        return self.reply(_json({"name": "Mock workflow", "description": "dify-runner's mock of Dify",
-                                 "tags": [], "mode": self.options.app_mode, "author_name": "dify-runner"}))
+        status, body = await self.uploads.receive(request)
+        return self.reply(_json(body, status))
 
     async def mock_stats(self, request: Request) -> Response:
         return _json({**self.stats.as_dict(), "running": self.running()})
@@ -343,6 +364,7 @@ class MockDify:
         self.active.clear()
         self.accepted = 0
         self.failed.clear()
+        self.forgotten.clear()
         return _json({"result": "success"})
 
 
@@ -352,6 +374,11 @@ def create_mock_app(options: MockOptions | None = None) -> Starlette:
         Route("/v1/workflows/run", mock.run_workflow, methods=["POST"]),
         Route("/v1/workflows/tasks/{task_id}/stop", mock.stop_task, methods=["POST"]),
         Route("/v1/workflows/run/{run_id}", mock.run_detail, methods=["GET"]),
+        Route("/v1/chat-messages", mock.messages.chat, methods=["POST"]),
+        Route("/v1/chat-messages/{task_id}/stop", mock.messages.stop, methods=["POST"]),
+        Route("/v1/completion-messages", mock.messages.completion, methods=["POST"]),
+        Route("/v1/completion-messages/{task_id}/stop", mock.messages.stop, methods=["POST"]),
+        Route("/v1/files/upload", mock.upload, methods=["POST"]),
         Route("/v1/parameters", mock.parameters, methods=["GET"]),
         Route("/v1/info", mock.info, methods=["GET"]),
         *judge_routes(mock.authorize),
