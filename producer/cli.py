@@ -75,13 +75,18 @@ def plan_warnings(loaded: LoadedPlan, settings: Settings, environ: dict[str, str
     return warnings
 
 
-def _preflight(args: argparse.Namespace, console: Console, manifest: RunManifest, keys_required: bool) -> None:
-    """Ask each workflow's Dify before anything is published (producer/preflight.py)."""
+def _preflight(args: argparse.Namespace, console: Console, manifest: RunManifest,
+               keys_required: bool) -> RunManifest:
+    """Ask each workflow's Dify before anything is published (producer/preflight.py); the
+    manifest with the app modes Dify reported."""
     if getattr(args, "no_preflight", False):
-        return
+        return manifest
+    modes: dict[str, str] = {}
     for warning in preflight(args.plan, manifest.workflows, manifest.cases, os.environ, keys_required=keys_required,
-                             judges=manifest.judges):
+                             judges=manifest.judges, modes=modes):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    workflows = [w.model_copy(update={"app_mode": modes[w.id]}) if w.id in modes else w for w in manifest.workflows]
+    return manifest.model_copy(update={"workflows": workflows}) if modes else manifest
 
 
 def _load(args: argparse.Namespace, console: Console, settings: Settings) -> LoadedPlan:
@@ -172,7 +177,7 @@ def cmd_run(args: argparse.Namespace, console: Console, settings: Settings) -> i
         fleet = where.startswith("the fleet")
         if fleet:
             _warn_persistence(console, store)
-        _preflight(args, console, manifest, keys_required=not fleet)
+        manifest = _preflight(args, console, manifest, keys_required=not fleet)
         create_run(store, manifest, manifest_file=out_root / manifest.run_id / MANIFEST_FILE)
         # The run id comes first: whatever happens to publishing, the run can be found.
         console.print(f"run [bold]{manifest.run_id}[/]: {len(manifest.cases)} cases in "
@@ -193,7 +198,7 @@ def cmd_submit(args: argparse.Namespace, console: Console, settings: Settings) -
         return print_dry_run(console, manifest)
     store = _fleet_store(url, settings)
     _warn_persistence(console, store)
-    _preflight(args, console, manifest, keys_required=False)
+    manifest = _preflight(args, console, manifest, keys_required=False)
     manifest_file = Path(args.out or settings.runs_dir) / manifest.run_id / MANIFEST_FILE
     create_run(store, manifest, manifest_file=manifest_file)
     print(manifest.run_id, flush=True)

@@ -275,13 +275,18 @@ def mock_targets(manifest: RunManifest) -> Iterator[RunManifest]:
     from ..mockdify.process import MockDifyProcess
 
     mock_workflows = [w for w in manifest.workflows if w.is_mock]
-    env_names = {t.api_key_env or MOCK_KEY_ENV for t in [*mock_workflows, *mock_judges]}
-    key = "app-mock-" + secrets.token_hex(8)
-    saved = {name: os.environ.get(name) for name in env_names}
-    with MockDifyProcess("--api-key", key) as server:
+    # One key per app mode (the mock serves each mode under its own key, as Dify serves one app
+    # per key), each in its own variable unless the plan names one.
+    keys = {mode: f"app-mock-{mode}-" + secrets.token_hex(8) for mode in
+            {w.app_mode or "workflow" for w in mock_workflows} | {"workflow"}}
+    env_of = {w.id: w.api_key_env or _mock_key_env(w.app_mode) for w in mock_workflows}
+    values = {env_of[w.id]: keys[w.app_mode or "workflow"] for w in mock_workflows}
+    values.update({j.api_key_env or MOCK_KEY_ENV: keys["workflow"] for j in mock_judges})
+    saved = {name: os.environ.get(name) for name in values}
+    options = [f"--app={key}={mode}" for mode, key in keys.items()]
+    with MockDifyProcess(*options) as server:
         workflows = [
-            w.model_copy(update={"base_url": server.base_url, "api_key_env": w.api_key_env or MOCK_KEY_ENV})
-            if w.is_mock else w
+            w.model_copy(update={"base_url": server.base_url, "api_key_env": env_of[w.id]}) if w.is_mock else w
             for w in manifest.workflows
         ]
         judges = [
@@ -289,7 +294,7 @@ def mock_targets(manifest: RunManifest) -> Iterator[RunManifest]:
             if j.base_url == MOCK_TARGET else j
             for j in manifest.judges
         ]
-        os.environ.update({name: key for name in env_names})
+        os.environ.update(values)
         try:
             yield manifest.model_copy(update={"workflows": workflows, "judges": judges})
         finally:
@@ -298,6 +303,12 @@ def mock_targets(manifest: RunManifest) -> Iterator[RunManifest]:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+
+
+def _mock_key_env(mode: str | None) -> str:
+    if mode in (None, "workflow"):
+        return MOCK_KEY_ENV
+    return f"{MOCK_KEY_ENV}_{mode.replace('-', '_').upper()}"
 
 
 @contextmanager

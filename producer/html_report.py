@@ -58,9 +58,23 @@ def case_row(result: TestResult, status: str) -> str:
         f'<td class="num">{result.tokens_used}</td><td class="num">{cost}</td>'
         f'<td class="num">{escape(str(result.metadata.get("attempt_count", "")))}</td>'
         f"<td><pre>{escape(_short(json.dumps(result.inputs, ensure_ascii=False)))}</pre></td>"
-        f"<td><pre>{outputs}</pre>{f'<pre class=s-{status}>{shown}</pre>' if shown else ''}</td>"
+        f"<td><pre>{outputs}</pre>{f'<pre class=s-{status}>{shown}</pre>' if shown else ''}{_turns(result)}</td>"
         f"<td>{_check_cells(result)}</td></tr>"
     )
+
+
+def _turns(result: TestResult) -> str:
+    """A conversation, turn by turn, folded under its last answer (``<details>``: no script)."""
+    if not result.turns:
+        return ""
+    rows = "".join(
+        f"<tr><td class=num>{t.index}</td><td>{escape(_short(t.query))}</td><td>{escape(_short(t.answer or ''))}</td>"
+        f"<td class=num>{t.latency:.3f}</td><td class=num>{t.tokens_used}</td>"
+        f"<td class='status s-{'succeeded' if t.passed else 'failed'}'>{'pass' if t.passed else 'fail'}</td></tr>"
+        for t in result.turns)
+    return (f"<details><summary>{len(result.turns)} turns</summary><table class=turns><thead><tr><th>#</th>"
+            "<th>query</th><th>answer</th><th class=num>latency s</th><th class=num>tokens</th><th>checks</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table></details>")
 
 
 def _check_cells(result: TestResult) -> str:

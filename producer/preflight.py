@@ -5,13 +5,18 @@ For each workflow that talks to Dify over HTTP, with the key of its ``api_key_en
 
 - ``GET {base_url}/info`` (api/controllers/service_api/app/app.py): 401 is a rejected key
   (api/controllers/service_api/wraps.py, ``validate_app_token``), 403 a disabled app, anything
-  that is not Dify's JSON means the URL is not a Dify API; ``mode`` other than ``workflow`` is an
-  app that /workflows/run refuses (``NotWorkflowAppError``).
+  that is not Dify's JSON means the URL is not a Dify API; ``mode`` says which API the app
+  answers on: it fills a workflow's unset ``app_mode``, and one that contradicts the plan's
+  (a chat app planned as a workflow) is an error, as are turns sent to an app without
+  conversations.
 - ``GET {base_url}/parameters``: the app's ``user_input_form``, checked against every case's
   inputs the way Dify checks them (api/core/app/apps/base_app_generator.py,
   ``_validate_inputs``): a required variable missing, a select value not among its options, a
   number that is not one, a text longer than its max_length are errors; inputs the app does not
-  declare are a warning (Dify drops them).
+  declare are a warning (Dify drops them). File inputs are checked against the variable's
+  ``allowed_file_types``, ``allowed_file_extensions``, ``allowed_file_upload_methods`` and
+  ``max_length``, and their size against ``system_parameters`` (``file_size_limit`` and the
+  image, audio and video limits, in MB: ``api/controllers/service_api/app/app.py``).
 
 A Dify judge (``role: judge``) is a workflow and is checked the same way. An OpenAI-compatible
 judge gets ``GET {base_url}/models``: no answer or a 401 is an error (no case could be graded);
@@ -29,14 +34,15 @@ import httpx
 from ..config.checks import OpenAIJudge
 from ..config.errors import PlanError
 from ..config.manifest import Task
-from ..config.plan import WorkflowConfig
+from ..config.plan import CHAT_MODES, WorkflowConfig
 from ..config.settings import mask_url
+from .preflight_files import file_problem
 
 TIMEOUT = httpx.Timeout(10.0)
 EXAMPLES = 3  # cases named per problem
 # The API each non-workflow app mode answers on (api/controllers/service_api/app/).
-MODE_API = {"chat": "/chat-messages", "agent-chat": "/chat-messages", "advanced-chat": "/chat-messages",
-            "completion": "/completion-messages"}
+MODE_API = {"workflow": "/workflows/run", "chat": "/chat-messages", "agent-chat": "/chat-messages",
+            "advanced-chat": "/chat-messages", "completion": "/completion-messages"}
 
 
 class PreflightError(PlanError):
@@ -46,6 +52,7 @@ class PreflightError(PlanError):
 def preflight(
     plan_path: str, workflows: Iterable[WorkflowConfig], cases: Iterable[Task], environ: Mapping[str, str],
     *, keys_required: bool, http: httpx.Client | None = None, judges: Iterable[OpenAIJudge] = (),
+    modes: dict[str, str] | None = None,
 ) -> list[str]:
     """Check every HTTP workflow; returns warnings, raises PreflightError with every problem.
 
@@ -62,7 +69,8 @@ def preflight(
         for workflow in workflows:
             if workflow.is_stub or workflow.is_mock or workflow.api_key_env is None:
                 continue
-            found = _check_workflow(client, workflow, by_workflow.get(workflow.id, []), environ, keys_required)
+            found = _check_workflow(client, workflow, by_workflow.get(workflow.id, []), environ, keys_required,
+                                    modes if modes is not None else {})
             problems += found[0]
             warnings += found[1]
         for judge in judges:
@@ -80,7 +88,7 @@ def preflight(
 
 def _check_workflow(
     client: httpx.Client, workflow: WorkflowConfig, tasks: list[Task], environ: Mapping[str, str],
-    keys_required: bool,
+    keys_required: bool, modes: dict[str, str],
 ) -> tuple[list[str], list[str]]:
     name, var, url = f"workflow {workflow.id!r}", workflow.api_key_env or "", mask_url(workflow.base_url)
     key = environ.get(var)  # a name the key rule refuses never gets here: load_plan refused it
@@ -94,18 +102,28 @@ def _check_workflow(
     if problem is not None:
         return [problem], []
     mode = info.get("mode")
-    if mode is not None and mode != "workflow":
-        api = MODE_API.get(str(mode), "another API")
-        return [f"{name}: the app at {url} ({info.get('name')!r}) is a {mode!r} app, not a workflow app: "
-                f"dify-runner calls POST /workflows/run, which Dify refuses for it (not_workflow_app); "
-                f"a {mode} app answers on {api}"], []
+    if isinstance(mode, str) and mode in MODE_API:
+        planned = workflow.app_mode
+        if planned is not None and planned != mode and not (planned in CHAT_MODES and mode in CHAT_MODES):
+            return [f"{name}: the app at {url} ({info.get('name')!r}) is a {mode!r} app, but the plan says app_mode: "
+                    f"{planned}; it answers on {MODE_API[mode]}"], []
+        modes[workflow.id] = mode
+        if mode == "agent-chat" and workflow.response_mode == "blocking":
+            return [f"{name}: the app at {url} is an agent app, which Dify runs only in streaming mode: "
+                    "set response_mode: streaming"], []
+    api = workflow.model_copy(update={"app_mode": mode}).api if isinstance(mode, str) and mode in MODE_API else "?"
+    talks = [t.case_id for t in tasks if t.turns]
+    if talks and api in ("workflow", "completion"):
+        return [f"{name}: {_cases(talks)} are conversations (turns), but the app at {url} is a {mode!r} app: only "
+                "chat apps keep conversations"], []
     parameters, problem = _get(client, f"{workflow.base_url}/parameters", headers, name, var, url)
     if problem is not None:
         return [problem], []
     form = parameters.get("user_input_form")
     if not isinstance(form, list):
         return [f"{name}: GET {url}/parameters has no user_input_form list: is {url} a Dify API?"], []
-    return check_inputs(name, form, tasks)
+    limits = parameters.get("system_parameters") if isinstance(parameters.get("system_parameters"), dict) else {}
+    return check_inputs(name, form, tasks, limits, chat=api == "chat")
 
 
 def _check_judge(client: httpx.Client, judge: OpenAIJudge, environ: Mapping[str, str],
@@ -158,7 +176,8 @@ def _message(body: object) -> str:
     return "no message"
 
 
-def check_inputs(name: str, form: list[Any], tasks: list[Task]) -> tuple[list[str], list[str]]:
+def check_inputs(name: str, form: list[Any], tasks: list[Task], limits: Mapping[str, Any] | None = None,
+                 chat: bool = False) -> tuple[list[str], list[str]]:
     """Every case's inputs against the app's user_input_form (its old structure: a list of
     ``{type: {variable, required, options, max_length, ...}}``)."""
     fields: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -171,8 +190,12 @@ def check_inputs(name: str, form: list[Any], tasks: list[Task]) -> tuple[list[st
     unknown: dict[str, list[str]] = defaultdict(list)
     for task in tasks:
         inputs = task.parameters
+        if chat and task.query is None and not task.turns:
+            inputs = {k: v for k, v in inputs.items() if k != "query"}  # sent as the message
         for variable, (kind, spec) in fields.items():
             problem = _field_problem(variable, kind, spec, inputs.get(variable))
+            if problem is None and kind in ("file", "file-list"):
+                problem = file_problem(variable, kind, spec, inputs.get(variable), limits or {})
             if problem is not None:
                 found[problem].append(task.case_id or task.task_id)
         for column in inputs:

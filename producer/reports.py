@@ -21,7 +21,7 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, ConfigDict
 
-from ..worker.models import TestResult
+from ..worker.models import TestResult, TurnResult
 from ..worker.statistics import RunStatistics
 from ..worker.store import RunInfo, RunStore
 from .html_report import HtmlCaseList, write_html
@@ -36,7 +36,8 @@ FORMATS: tuple[Format, ...] = ("json", "jsonl", "csv", "junit", "html")
 FILE_NAMES: dict[str, str] = {"json": "report.json", "jsonl": RESULTS_FILE, "csv": "results.csv",
                               "junit": "junit.xml", "html": "report.html"}
 CSV_COLUMNS = ("execution_id", "workflow_id", "dataset", "case_id", "status", "task_status", "execution_time",
-               "tokens_used", "cost", "attempt_count", "workflow_run_id", "error_message", "inputs", "outputs")
+               "tokens_used", "cost", "attempt_count", "workflow_run_id", "error_message", "inputs", "outputs",
+               "conversation_id", "turns")
 
 
 class RunSummary(BaseModel):
@@ -150,17 +151,26 @@ def _csv_writer(handle: TextIO, check_names: list[str]) -> Any:
 def csv_row(result: TestResult, check_names: Sequence[str] = ()) -> list[Any]:
     """A case's CSV row; per kind of check in the run: pass/fail (empty when not checked) and score."""
     meta = result.metadata
-    checks = {c.name: c for c in result.checks}
     per_check: list[Any] = []
     for name in check_names:
-        check = checks.get(name)
-        per_check += ["", ""] if check is None else \
-            ["pass" if check.passed else "fail", "" if check.score is None else f"{check.score:.4f}"]
+        # A conversation may run a kind of check on several turns: it passes when all did, its
+        # score is the lowest.
+        same = [c for c in result.checks if c.name == name]
+        scores = [c.score for c in same if c.score is not None]
+        per_check += ["", ""] if not same else \
+            ["pass" if all(c.passed for c in same) else "fail", f"{min(scores):.4f}" if scores else ""]
     return [
         result.execution_id, result.workflow_id, result.dataset or "", meta.get("case_id", ""),
         result.status.value, task_status_of(result), f"{result.execution_time:.6f}", result.tokens_used,
         "" if result.cost is None else f"{result.cost:g}", meta.get("attempt_count", ""),
         meta.get("workflow_run_id", ""), result.error_message or "",
         json.dumps(result.inputs, ensure_ascii=False), json.dumps(result.outputs, ensure_ascii=False),
+        meta.get("conversation_id", ""), json.dumps([_turn_figures(t) for t in result.turns], ensure_ascii=False)
+        if result.turns else "",
         *per_check,
     ]
+
+
+def _turn_figures(turn: TurnResult) -> dict[str, Any]:
+    return {"turn": turn.index, "query": turn.query, "answer": turn.answer, "latency": turn.latency,
+            "tokens": turn.tokens_used, "cost": turn.cost, "passed": turn.passed}

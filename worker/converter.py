@@ -42,6 +42,7 @@ class ResultConverter:
             error_message=task_result.error_message,
             dataset=task_result.dataset,
             checks=list(embedded.checks) if embedded else [],
+            turns=list(embedded.turns) if embedded else [],
             metadata={
                 **(embedded.metadata if embedded else {}),
                 "dataset": task_result.dataset,
