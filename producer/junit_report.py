@@ -94,7 +94,8 @@ def junit_case(result: TestResult) -> TestCase:
     elif result.status is TestStatus.FAILED:
         failed = [c for c in result.checks if not c.passed]
         if failed:  # the failing checks' reasons, and the first one's name as the type
-            message = "; ".join(c.reason or f"{c.name} failed" for c in failed)
+            message = "; ".join((f"turn {c.turn}: " if c.turn else "") + (c.reason or f"{c.name} failed")
+                                for c in failed)
         case.result = [Failure(message, type_=f"check:{failed[0].name}" if failed else "failed")]
     elif result.status is not TestStatus.SUCCESS:
         case.result = [Error(message, type_=status)]
@@ -106,6 +107,10 @@ def junit_case(result: TestResult) -> TestCase:
     properties.add_property(Property("cost", "unknown" if result.cost is None else f"{result.cost:g}"))
     for check in result.checks:
         score = "" if check.score is None else f" {check.score:.3f}"
-        properties.add_property(Property(f"check.{check.name}", ("pass" if check.passed else "fail") + score))
+        where = f"turn{check.turn}." if check.turn else ""
+        properties.add_property(Property(f"check.{where}{check.name}", ("pass" if check.passed else "fail") + score))
     case.append(properties)
+    if result.turns:  # a conversation is one testcase; its transcript is the case's output
+        case.system_out = "\n".join(f"[{t.index}] user: {t.query}\n[{t.index}] app: {t.answer or ''}"
+                                     for t in result.turns)
     return case

@@ -102,8 +102,8 @@ def test_the_embedded_default_runs_the_demo_plan(tmp_path: Path) -> None:
     [run_dir] = list((tmp_path / "runs").iterdir())
     report = json.loads((run_dir / "report.json").read_text())
     stats = report["run"]["statistics"]
-    assert stats["total_tasks"] == stats["succeeded_tasks"] == len(report["results"]) == 21
-    assert (run_dir / "junit.xml").read_text().count("<testcase") == 21
+    assert stats["total_tasks"] == stats["succeeded_tasks"] == len(report["results"]) == 22
+    assert (run_dir / "junit.xml").read_text().count("<testcase") == 22
     # The golden set: each row checked against its own expected value, by matching, similarity and the judge.
     assert {name: (c["total"], c["passed"]) for name, c in stats["checks"].items()} == \
         {"equals": (5, 5), "similarity": (5, 5), "judge": (5, 5)}

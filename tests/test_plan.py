@@ -17,7 +17,7 @@ from .conftest import REPO, stub_plan, write_plan
 def test_demo_plan_loads_and_expands() -> None:
     loaded = load_plan(REPO / "config/plans/demo.yaml")
     manifest = expand(loaded)
-    assert loaded.case_count == len(manifest.cases) == 21
+    assert loaded.case_count == len(manifest.cases) == 22
     assert manifest.cases[0].task_id == "translator/smoke/hello"
     assert {t.dataset for t in manifest.cases} == {"smoke", "questions", "golden"}
     # grader is a judge: it grades the golden set and runs no dataset itself.
