@@ -230,3 +230,11 @@ def test_file_inputs_are_checked_against_the_apps_parameters(tmp_path: Path) -> 
         done = cli("validate", str(plan), "--remote", env={"DIFY_KEY": "app-form"})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "input 'photo': 'doc.pdf' is a document file; the app takes image" in done.stdout + done.stderr
+
+
+def test_a_conversation_that_fails_keeps_the_turns_dify_answered(tmp_path: Path, mock_dify: MockDifyProcess) -> None:
+    plan = conversation_plan(tmp_path, mock_dify, {"inputs": {"_mock": {"fail_times": 10}}})
+    code, result = run_report(tmp_path, plan)
+    assert code == 1 and result["status"] == "error"
+    assert [t["query"] for t in result["turns"]] == ["one"]
+    assert result["tokens_used"] == result["turns"][0]["tokens_used"] > 0

@@ -16,6 +16,7 @@ are dropped and the next attempt **starts the whole conversation again**; the re
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -79,7 +80,14 @@ def run_conversation(run_id: str, task: Task, attempt: int, state: ConversationS
                           f"({exc}); the next attempt starts the whole conversation again")
                 state.save(run_id, task.task_id, ConversationProgress(restarts=progress.restarts + 1,
                                                                       restart_reason=reason))
-                raise TaskExecutionException(reason, retryable=True) from None
+                gone = TaskExecutionException(reason, retryable=True)
+                gone.turns = list(progress.turns)  # type: ignore[attr-defined]
+                raise gone from None
+            exc.turns = list(progress.turns)  # type: ignore[attr-defined]
+            raise
+        except BaseException as exc:
+            # The turns that passed stay in the case's result if this attempt is its last.
+            exc.turns = list(progress.turns)  # type: ignore[attr-defined]
             raise
         result = _turn_result(index + 1, turn, answer, attempt)
         if turn.expect is not None:
@@ -95,6 +103,15 @@ def run_conversation(run_id: str, task: Task, attempt: int, state: ConversationS
         state.save(run_id, task.task_id, progress)
     state.clear(run_id, task.task_id)
     return _case_result(progress)
+
+
+def partial_result(task: Task, status: TestStatus, started_at: datetime, turns: list[TurnResult]) -> TestResult:
+    """The result of a case that returned nothing: its inputs, so reports show what was sent, and
+    for a conversation the turns Dify answered before it failed (their tokens and cost were spent)."""
+    costs = [t.cost for t in turns]
+    return TestResult(workflow_id=task.workflow_id, execution_id=task.task_id, timestamp=started_at, status=status,
+                      inputs=task.parameters, turns=turns, tokens_used=sum(t.tokens_used for t in turns),
+                      cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None))
 
 
 def failed_turns(turns: list[TurnResult]) -> str | None:

@@ -87,6 +87,8 @@ class AttemptOutcome:
     dify_stop: str | None = None  # "stopped" / "stop failed: ..." when the run was stopped in Dify
     test_result: TestResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # A conversation that failed part way: the turns Dify answered before it did.
+    turns: list[TurnResult] = field(default_factory=list)
 
 
 def run_attempt(
@@ -156,7 +158,7 @@ def _ended_by(exc: BaseException, status: TaskStatus, started_at: datetime, cloc
     the answer's kind (dify_answers.py) and the stop it sent to Dify."""
     return AttemptOutcome(status, started_at, time.monotonic() - clock, message, retryable=retryable,
                           retry_after=getattr(exc, "retry_after", None), kind=getattr(exc, "kind", None),
-                          dify_stop=getattr(exc, "dify_stop", None))
+                          dify_stop=getattr(exc, "dify_stop", None), turns=list(getattr(exc, "turns", None) or []))
 
 
 _STATUS_FROM_TEST = {

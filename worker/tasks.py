@@ -23,13 +23,14 @@ from ..config.settings import Settings
 from .answer_guard import AnswerGuard
 from .batches import close_batch
 from .case_request import CaseRequest
+from .conversation import partial_result
 from .converter import STATUS_MAP
 from .dify_answers import AnswerKind
 from .dify_apps import SharedState
 from .dify_client import DifyClient
 from .execution import AttemptOutcome, RunHooks, hooks_for, run_attempt
 from .messages import LONG_WAIT, AttemptPolicy, CaseMessage
-from .models import FAILURE_STATUSES, AttemptRecord, TaskResult, TaskStatus, TestResult
+from .models import FAILURE_STATUSES, AttemptRecord, TaskResult, TaskStatus
 from .run_control import Admission, Later, RunGate
 from .store import RunStore, connect, connections_for
 
@@ -342,10 +343,9 @@ def _finish(
         run_id=message.run_id,
         attempts=history,
         throttled=throttled,
-        # A case that returned nothing still carries its inputs, so reports show what was sent.
-        test_result=outcome.test_result or TestResult(
-            workflow_id=task.workflow_id, execution_id=task.task_id, timestamp=outcome.started_at,
-            status=STATUS_MAP[outcome.status], inputs=task.parameters),
+        # A case that returned nothing still carries its inputs (and a conversation its answered turns).
+        test_result=outcome.test_result or partial_result(task, STATUS_MAP[outcome.status], outcome.started_at,
+                                                          outcome.turns),
     )
     payload = result.model_dump_json()
     if rt is not None:

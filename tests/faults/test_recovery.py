@@ -124,3 +124,32 @@ def test_a_case_killed_by_the_hard_time_limit_ends_timeout_and_its_batch_finishe
     [stuck] = [r for r in store.iter_task_results(run_id, 1) if r.case_id == "c0000"]
     assert "hard time limit" in (stuck.error_message or "")
     assert "Hard time limit" not in fleet.logs() or "ends TIMEOUT" in fleet.logs()
+
+
+def test_a_worker_sigkilled_mid_conversation_resumes_at_the_next_turn(tmp_path: Path, fleet: Fleet, redis_url: str,
+                                                                      mock_dify: MockDifyProcess) -> None:
+    """The turns Dify answered are kept in Redis: a redelivered conversation goes on with its
+    next turn in the same conversation (worker/conversation.py), it does not start again."""
+    env = {"DIFY_CHAT_KEY": "app-chat"}
+    fleet.start(1, concurrency=2, env=env)
+    plan = write_plan(tmp_path, {
+        "name": "talk", "workflows": [{"id": "bot", "base_url": mock_dify.base_url, "api_key_env": "DIFY_CHAT_KEY",
+                                       "app_mode": "chat"}],
+        "datasets": [{"name": "d", "cases": [{"id": "talk", "turns": [
+            {"query": "one"}, {"query": "two", "inputs": {"_mock": {"latency_ms": 1500}}},
+            {"query": "three", "expect": {"contains": "earlier: one | two"}}]}]}]})
+    submitted = cli("submit", str(plan), "--broker", redis_url, env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip().splitlines()[-1]
+    while mock_dify.stats()["queries"].get("two", 0) < 1:  # turn 2 is in flight
+        time.sleep(0.02)
+    fleet.procs[0].send_signal(signal.SIGKILL)
+    fleet.start(1, concurrency=2, env=env)
+    store = RunStore(redis.Redis.from_url(redis_url))
+    info = wait_finished(store, run_id, timeout=300)
+    (result,) = list(store.iter_test_results(run_id, info.batch_count))
+    assert result.status.value == "success", result.error_message
+    turns = result.turns
+    assert [t.index for t in turns] == [1, 2, 3] and len({t.conversation_id for t in turns}) == 1
+    # Turn 1 reached Dify once; turn 2 again (the killed worker never saw its answer).
+    assert mock_dify.stats()["queries"] == {"one": 1, "two": 2, "three": 1}
