@@ -50,13 +50,16 @@ def test_a_url_that_is_not_a_dify_api(tmp_path: Path) -> None:
     assert "/console is not a Dify API: GET /info answered HTTP 404" in done.stdout + done.stderr
 
 
-def test_an_app_that_is_not_a_workflow_app(tmp_path: Path) -> None:
+def test_an_app_of_another_mode_is_learned_unless_the_plan_says_otherwise(tmp_path: Path) -> None:
     with MockDifyProcess("--api-key", KEY, "--app-mode", "advanced-chat") as mock:
-        path = write_plan(tmp_path, plan_for(mock, [{"id": "c1", "inputs": {"query": "x"}}]))
-        done = cli("validate", str(path), "--remote", env={"MOCK_DIFY_KEY": KEY})
+        plan = plan_for(mock, [{"id": "c1", "inputs": {"query": "x"}}])
+        learned = cli("validate", str(write_plan(tmp_path, plan)), "--remote", env={"MOCK_DIFY_KEY": KEY})
+        plan["workflows"][0]["app_mode"] = "workflow"
+        done = cli("validate", str(write_plan(tmp_path, plan)), "--remote", env={"MOCK_DIFY_KEY": KEY})
+    assert learned.returncode == 0, learned.stdout + learned.stderr  # a chatflow: sent to /chat-messages
     out = done.stdout + done.stderr
     assert done.returncode == 2
-    assert "is a 'advanced-chat' app, not a workflow app" in out and "/chat-messages" in out
+    assert "is a 'advanced-chat' app, but the plan says app_mode: workflow; it answers on /chat-messages" in out
 
 
 def test_every_case_is_checked_against_the_apps_input_form(tmp_path: Path) -> None:

@@ -27,19 +27,11 @@ from .http import json_body
 from .judge import is_judge_run, judge_outputs, judge_routes
 from .limits import LimitStyle, concurrency_refusal, quota_refusal
 from .messages import MessageApps
+from .parameters import DEFAULT_FORM, parameters_body
 from .scenario import RESERVED_KEY, Behaviour, MockRun, error_body
 from .stats import MockStats
 
 MAX_RUNS_KEPT = 50_000
-# The mock app's start variables, in /parameters' old structure
-# (api/controllers/service_api/app/app.py: workflow.user_input_form(to_old_structure=True)).
-# `_mock` is declared, as a JSON object, because it is the mock's own input.
-DEFAULT_FORM: list[dict[str, Any]] = [
-    {"paragraph": {"label": "Query", "variable": "query", "required": False, "default": ""}},
-    {"text-input": {"label": "Target language", "variable": "target_language", "required": False,
-                    "max_length": 48, "default": ""}},
-    {"json_object": {"label": "Mock behaviour", "variable": RESERVED_KEY, "required": False}},
-]
 
 
 class MockOptions(BaseModel):
@@ -328,18 +320,8 @@ class MockDify:
         _, denied = self.authorize(request)
         if denied is not None:
             return denied
-        return self.reply(_json({
-            "opening_statement": None, "suggested_questions": [],
-            "suggested_questions_after_answer": {"enabled": False}, "speech_to_text": {"enabled": False},
-            "text_to_speech": {"enabled": False, "voice": "", "language": "", "autoPlay": "disabled"},
-            "retriever_resource": {"enabled": False}, "annotation_reply": {"enabled": False},
-            "more_like_this": {"enabled": False}, "sensitive_word_avoidance": {"enabled": False},
-            "user_input_form": self.options.input_form if self.options.input_form is not None else DEFAULT_FORM,
-            "file_upload": {"image": {"enabled": False, "number_limits": 3, "detail": "high",
-                                      "transfer_methods": ["remote_url", "local_file"]}},
-            "system_parameters": {"file_size_limit": 15, "image_file_size_limit": 10, "audio_file_size_limit": 50,
-                                  "video_file_size_limit": 100, "workflow_file_upload_limit": 10},
-        }))
+        form = self.options.input_form if self.options.input_form is not None else DEFAULT_FORM
+        return self.reply(_json(parameters_body(form)))
 
     async def info(self, request: Request) -> Response:
         key, denied = self.authorize(request)
