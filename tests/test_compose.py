@@ -74,6 +74,7 @@ class LocalStack:
             "REDIS_PASSWORD": "redis-" + secrets.token_hex(8),
             "FLOWER_BASIC_AUTH": "admin:flower-" + secrets.token_hex(8),
             "MOCK_DIFY_API_KEY": "app-secret-" + secrets.token_hex(8),
+            "MOCK_DIFY_CHAT_KEY": "app-chat-secret-" + secrets.token_hex(8),
         }
         self.ports = {"redis": free_port(), "flower": free_port(), "mock": free_port()}
         doc = yaml.safe_load(COMPOSE.read_text())
@@ -154,6 +155,7 @@ def stack(tmp_path: Path) -> Iterator[LocalStack]:
 
 def test_the_compose_services_run_the_demo_plan(stack: LocalStack) -> None:
     password, key = stack.secrets["REDIS_PASSWORD"], stack.secrets["MOCK_DIFY_API_KEY"]
+    chat_key = stack.secrets["MOCK_DIFY_CHAT_KEY"]
     user, flower_password = stack.secrets["FLOWER_BASIC_AUTH"].split(":")
 
     stack.start("redis", "redis")
@@ -177,7 +179,10 @@ def test_the_compose_services_run_the_demo_plan(stack: LocalStack) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     [run_dir] = list((stack.tmp / "runs").iterdir())
     report = json.loads((run_dir / "report.json").read_text())
-    assert report["run"]["statistics"]["succeeded_tasks"] == report["run"]["statistics"]["total_tasks"] == 12
+    # 12 workflow cases and a chat conversation whose second turn carries a file.
+    assert report["run"]["statistics"]["succeeded_tasks"] == report["run"]["statistics"]["total_tasks"] == 13
+    talk = next(r for r in report["results"] if r["workflow_id"] == "support")
+    assert [t["index"] for t in talk["turns"]] == [1, 2] and "note.txt" in talk["outputs"]["answer"]
 
     tasks: dict[str, Any] = {}
     wait_for(lambda: len(tasks.update(httpx.get(f"{flower}/api/tasks", auth=(user, flower_password),
@@ -193,7 +198,7 @@ def test_the_compose_services_run_the_demo_plan(stack: LocalStack) -> None:
     flower_dump = json.dumps(tasks) + httpx.get(f"{flower}/api/workers", auth=(user, flower_password)).text + metrics
     places = {"flower": flower_dump, "producer output": done.stdout + done.stderr}
     places.update({str(p): p.read_text(errors="replace") for p in [*stack.logs, *run_dir.iterdir()]})
-    for secret in (key, password):
+    for secret in (key, chat_key, password):
         assert [where for where, text in places.items() if secret in text] == []
 
 

@@ -56,7 +56,8 @@ class Stack:
     def __init__(self, tmp: Path) -> None:
         self.project = f"drtest{os.getpid()}"
         self.secrets = {"REDIS_PASSWORD": secrets.token_hex(12), "FLOWER_BASIC_AUTH": "admin:" + secrets.token_hex(8),
-                        "MOCK_DIFY_API_KEY": "app-" + secrets.token_hex(8)}
+                        "MOCK_DIFY_API_KEY": "app-" + secrets.token_hex(8),
+                        "MOCK_DIFY_CHAT_KEY": "app-" + secrets.token_hex(8)}
         self.ports = {"REDIS_PORT": free_port(), "FLOWER_PORT": free_port(), "MOCK_DIFY_PORT": free_port()}
         self.runs, self.plans = tmp / "runs", tmp / "plans"
         self.runs.mkdir()
@@ -65,7 +66,7 @@ class Stack:
         cases = [{"id": f"c{i:04}", "inputs": {"query": f"q{i:04}", "_mock": {"latency_ms": 300}}}
                  for i in range(CASES)]
         plan = yaml.safe_load((self.plans / "compose-demo.yaml").read_text())
-        plan.update(name="containers", datasets=[{"name": "load", "cases": cases}])
+        plan.update(name="containers", datasets=[{"name": "load", "workflows": ["translator"], "cases": cases}])
         (self.plans / "load.yaml").write_text(yaml.safe_dump(plan))
         self.env_file = tmp / "env"
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in {
@@ -170,11 +171,13 @@ def test_the_demo_runs_in_containers_healthy_and_seen_by_flower(stack: Stack) ->
     assert httpx.get(f"{flower}/api/workers", timeout=10).status_code == 401
     wait_for(lambda: len(httpx.get(f"{flower}/api/workers?refresh=1", auth=(user, password), timeout=10).json()) == 2,
              "Flower listing both workers", 60)
+    stack.mock("/_mock/reset", "POST")
     producer = stack.producer("/plans/compose-demo.yaml")
     out, err = producer.communicate(timeout=300)
     assert producer.returncode == 0, out + err
     statistics = stack.report()["run"]["statistics"]
-    assert statistics["succeeded_tasks"] == statistics["total_tasks"] == 12
+    assert statistics["succeeded_tasks"] == statistics["total_tasks"] == 13  # one is a chat conversation
+    assert stack.mock("/_mock/stats")["paths"]["/v1/files/upload"] == 1
 
 
 def test_a_worker_container_sigkilled_mid_run(stack: Stack) -> None:
@@ -221,7 +224,7 @@ def test_the_image_runs_the_demo_on_a_gevent_worker(stack: Stack) -> None:
         out, err = producer.communicate(timeout=300)
         assert producer.returncode == 0, out + err
         statistics = stack.report()["run"]["statistics"]
-        assert statistics["succeeded_tasks"] == statistics["total_tasks"] == 12
+        assert statistics["succeeded_tasks"] == statistics["total_tasks"] == 13  # one is a chat conversation
         logs = stack.engine.get(f"/containers/{gevent_worker}/logs", params={"stdout": 1, "stderr": 1}).content
         assert b"concurrency: 50 (gevent)" in logs
     finally:
