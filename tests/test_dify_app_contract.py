@@ -238,3 +238,17 @@ def test_a_conversation_that_fails_keeps_the_turns_dify_answered(tmp_path: Path,
     assert code == 1 and result["status"] == "error"
     assert [t["query"] for t in result["turns"]] == ["one"]
     assert result["tokens_used"] == result["turns"][0]["tokens_used"] > 0
+
+
+def test_rate_control_counts_every_turn_of_a_conversation(tmp_path: Path, mock_dify: MockDifyProcess) -> None:
+    """rate_control limits requests: a conversation's later turns wait for their instants too
+    (worker/run_control.py, RunGate.pace). Unpaced, six 30-ms turns land in one second."""
+    plan = write_plan(tmp_path, {
+        "name": "paced", "workflows": [{"id": "bot", "base_url": mock_dify.base_url, "api_key_env": "DIFY_CHAT_KEY",
+                                        "app_mode": "chat"}],
+        "datasets": [{"name": "d", "cases": [{"id": "talk", "turns": [{"query": f"t{i}"} for i in range(6)]}]}],
+        "execution": {"rate_control": {"requests_per_second": 2}}})
+    code, result = run_report(tmp_path, plan, "--no-preflight")
+    assert code == 0 and len(result["turns"]) == 6
+    per_second = mock_dify.stats()["requests_per_second"]
+    assert sum(per_second.values()) == 6 and max(per_second.values()) <= 3, per_second

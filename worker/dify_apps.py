@@ -10,16 +10,18 @@ attempt.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.manifest import Task
+from ..config.plan import RateControl
 from .conversation import ConversationState, Grade, run_conversation
 from .deadline import Deadline
 from .dify.errors import ConfigurationError, DifyAPIError
 from .dify.files import RunFiles
 from .dify_client import DifyClient
-from .exceptions import TaskExecutionException
+from .exceptions import TaskCancelledException, TaskExecutionException
 from .messages import CaseMessage
 
 
@@ -29,10 +31,13 @@ class SharedState:
 
     files: RunFiles | None = None
     conversations: ConversationState = field(default_factory=lambda: ConversationState(None, 0))
+    # Waits for the rate limit's next instant (RunGate.pace): a conversation's later turns are
+    # requests too, and rate_control counts requests, not cases.
+    pace: Callable[[str, RateControl | None, str, Callable[[], bool]], bool] | None = None
 
     @classmethod
-    def in_redis(cls, client: Any, ttl: int) -> SharedState:
-        return cls(RunFiles(client, ttl), ConversationState(client, ttl))
+    def in_redis(cls, client: Any, ttl: int, pace: Any = None) -> SharedState:
+        return cls(RunFiles(client, ttl), ConversationState(client, ttl), pace)
 
 
 def call_app(message: CaseMessage, task: Task, api_key: str, deadline: Deadline, client: DifyClient,
@@ -61,8 +66,13 @@ def call_app(message: CaseMessage, task: Task, api_key: str, deadline: Deadline,
             raise ConfigurationError(f"case {task.case_id!r} is a conversation (turns), but workflow {workflow.id!r} "
                                      f"is a {workflow.app_mode or 'workflow'} app: only chat apps keep conversations")
         inputs = _inputs(task.parameters, resolve)
+        sent = [0]
 
         def send(turn: Any, conversation_id: str | None) -> dict[str, Any]:
+            if sent[0] and shared.pace is not None and not shared.pace(
+                    message.run_id, message.policy.rate_control, workflow.base_url, cancelled or (lambda: False)):
+                raise TaskCancelledException("run cancelled between two turns of the conversation")
+            sent[0] += 1
             return client.send_message(workflow, api_key, turn.query, {**inputs, **_inputs(turn.inputs, resolve)},
                                        deadline, files=resolve(turn.files), conversation_id=conversation_id,
                                        should_stop=cancelled)

@@ -213,6 +213,11 @@ class RunGate:
             except redis.RedisError:
                 log.warning("could not renew %d concurrency leases", len(held), exc_info=True)
 
+    def pace(self, run_id: str, rate: RateControl | None, base_url: str, cancelled: Callable[[], bool]) -> bool:
+        """Book and wait out the rate-limit instant of one more request of an admitted case (a
+        conversation's next turn: admission booked its first). False if the run is cancelled."""
+        return self._sleep(self._reserve_ms(run_id, rate, base_url), cancelled)
+
     # -- cooldown and rate -----------------------------------------------------------------
 
     def _cooldown_ms(self, run_id: str) -> int:

@@ -61,16 +61,16 @@ class WorkerRuntime:
         concurrency = max(1, int(app.conf.worker_concurrency or 10))
         # Every thread of the pool may use Redis at once, beside this process's own threads.
         client = connect(app.dify_runner_state_url, connections_for(concurrency))  # type: ignore[attr-defined]
-        self.store = RunStore(client, self.settings.result_ttl_seconds)
-        self.gate = RunGate(client, self.settings.result_ttl_seconds)
-        self.guard = AnswerGuard(client, self.settings.result_ttl_seconds)
+        self.store = RunStore(client, self.settings.result_ttl_seconds, self.gate.pace)
+        self.gate = RunGate(client, self.settings.result_ttl_seconds, self.gate.pace)
+        self.guard = AnswerGuard(client, self.settings.result_ttl_seconds, self.gate.pace)
         # A case waits at most its policy's admission_wait for a concurrency slot, then goes
         # back to the queue: its message must be acknowledged well within the visibility timeout.
         self.max_slot_wait = self.settings.visibility_timeout / 3
         # The Dify client keeps at most this many idle httpx clients: one per case in flight.
         self.pool_size = concurrency
         self._dify: DifyClient | None = None
-        self.shared = SharedState.in_redis(client, self.settings.result_ttl_seconds)
+        self.shared = SharedState.in_redis(client, self.settings.result_ttl_seconds, self.gate.pace)
         self._cancelled: dict[str, tuple[float, str | None]] = {}
 
     def dify(self) -> DifyClient:
