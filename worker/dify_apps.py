@@ -36,12 +36,13 @@ class SharedState:
     pace: Callable[[str, RateControl | None, str, Callable[[], bool]], bool] | None = None
 
     @classmethod
-    def in_redis(cls, client: Any, ttl: int, pace: Any = None) -> SharedState:
+    def in_redis(cls, client: Any, ttl: int, pace: Callable[..., bool] | None = None) -> SharedState:
         return cls(RunFiles(client, ttl), ConversationState(client, ttl), pace)
 
 
 def call_app(message: CaseMessage, task: Task, api_key: str, deadline: Deadline, client: DifyClient,
-             cancelled: Any, shared: SharedState, grade: Grade) -> dict[str, Any]:
+             cancelled: Callable[[], bool] | None, shared: SharedState, grade: Grade) -> dict[str, Any]:
+    """The execution dict of one attempt of ``task`` against its app (see the module's doc)."""
     workflow = message.workflow
 
     def resolve(value: Any) -> Any:
@@ -52,7 +53,7 @@ def call_app(message: CaseMessage, task: Task, api_key: str, deadline: Deadline,
     if workflow.api == "workflow" and not task.turns:
         try:
             return client.run_workflow(workflow, api_key, _inputs(task.parameters, resolve), deadline,
-                                       should_stop=cancelled)
+                                       should_stop=cancelled, files=resolve(task.files))
         except DifyAPIError as exc:
             mode = client.app_mode(workflow, api_key) if exc.code == "not_workflow_app" else None
             if workflow.app_mode is not None or mode in (None, "workflow"):
@@ -89,7 +90,7 @@ def call_app(message: CaseMessage, task: Task, api_key: str, deadline: Deadline,
                                should_stop=cancelled)
 
 
-def _inputs(inputs: dict[str, Any], resolve: Any) -> dict[str, Any]:
+def _inputs(inputs: dict[str, Any], resolve: Callable[[Any], Any]) -> dict[str, Any]:
     return {key: resolve(value) for key, value in inputs.items()}
 
 

@@ -116,12 +116,15 @@ class DifyClient:
         deadline: Deadline,
         on_started: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        files: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """One workflow run. ``on_started(task_id)`` is called when a streaming run has started
         (the id that ``stop`` needs). While the call is in flight ``should_stop()`` is asked
         every STOP_CHECK_INTERVAL; once it says yes, a streaming run is stopped in Dify, the
         call is abandoned and TaskCancelledException is raised."""
-        body = {"inputs": inputs, "response_mode": workflow.response_mode, "user": workflow.user}
+        body: dict[str, Any] = {"inputs": inputs, "response_mode": workflow.response_mode, "user": workflow.user}
+        if files:
+            body["files"] = files  # WorkflowRunPayload.files: the run's sys.files
         parsed = self._invoke(workflow, api_key, workflow_api.PATH, body, workflow_api, deadline, on_started,
                               should_stop)
         workflow_api.check_final_status(parsed)

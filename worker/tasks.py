@@ -61,9 +61,9 @@ class WorkerRuntime:
         concurrency = max(1, int(app.conf.worker_concurrency or 10))
         # Every thread of the pool may use Redis at once, beside this process's own threads.
         client = connect(app.dify_runner_state_url, connections_for(concurrency))  # type: ignore[attr-defined]
-        self.store = RunStore(client, self.settings.result_ttl_seconds, self.gate.pace)
-        self.gate = RunGate(client, self.settings.result_ttl_seconds, self.gate.pace)
-        self.guard = AnswerGuard(client, self.settings.result_ttl_seconds, self.gate.pace)
+        self.store = RunStore(client, self.settings.result_ttl_seconds)
+        self.gate = RunGate(client, self.settings.result_ttl_seconds)
+        self.guard = AnswerGuard(client, self.settings.result_ttl_seconds)
         # A case waits at most its policy's admission_wait for a concurrency slot, then goes
         # back to the queue: its message must be acknowledged well within the visibility timeout.
         self.max_slot_wait = self.settings.visibility_timeout / 3
