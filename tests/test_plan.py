@@ -119,3 +119,23 @@ def test_bad_plans_name_the_field_and_value(tmp_path: Path, change, expected: st
         load_plan(write_plan(tmp_path, plan))
     assert expected in str(caught.value)
     assert str(tmp_path / "plan.yaml") in str(caught.value)
+
+
+def test_app_modes_conversations_and_files_in_a_plan(tmp_path: Path) -> None:
+    (tmp_path / "cat.png").write_bytes(b"png")
+    plan = stub_plan([{"id": "talk", "inputs": {"photo": {"file": "cat.png"}, "docs": [{"file": "https://x.io/a.pdf"}]},
+                       "turns": [{"query": "hi"},
+                                 {"query": "and?", "files": [{"file": "cat.png", "type": "custom"}]}]}])
+    plan["workflows"] = [{"id": "wf", "base_url": "mock", "app_mode": "chatflow"}]
+    loaded = load_plan(write_plan(tmp_path, plan))
+    manifest = expand(loaded)
+    assert manifest.workflows[0].app_mode == "advanced-chat" and manifest.workflows[0].api == "chat"
+    (task,) = manifest.cases
+    photo = task.parameters["photo"]["$file"]
+    assert photo["type"] == "image" and photo["name"] == "cat.png" and photo["size"] == 3
+    assert task.parameters["docs"] == [{"$file": {"type": "document", "url": "https://x.io/a.pdf"}}]
+    assert task.turns[1].files[0]["$file"]["type"] == "custom"
+    assert list(manifest.files) == [photo["sha256"]]  # staged once, however many cases use it
+    plan["workflows"][0].update(app_mode="agent", response_mode="blocking")
+    with pytest.raises(PlanError, match="only in streaming mode"):
+        load_plan(write_plan(tmp_path, plan))
