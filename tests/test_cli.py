@@ -106,9 +106,10 @@ def test_the_embedded_default_runs_the_demo_plan(tmp_path: Path) -> None:
     assert (run_dir / "junit.xml").read_text().count("<testcase") == 22
     # The golden set: each row checked against its own expected value, by matching, similarity and the judge.
     assert {name: (c["total"], c["passed"]) for name, c in stats["checks"].items()} == \
-        {"equals": (5, 5), "similarity": (5, 5), "judge": (5, 5)}
+        {"equals": (5, 5), "similarity": (5, 5), "judge": (5, 5), "contains": (2, 2)}  # 2: the chat turns
     assert stats["judge_tokens"] > 0
-    assert "checks: equals 5/5 (100.0%), judge 5/5 (100.0%) mean 1.000, similarity 5/5 (100.0%) mean" in done.stdout
+    assert ("checks: contains 2/2 (100.0%), equals 5/5 (100.0%), judge 5/5 (100.0%) mean 1.000, "
+            "similarity 5/5 (100.0%) mean") in done.stdout
     # The mock target answered over HTTP, streaming: tokens and cost are real numbers.
     mocked = [r for r in report["results"] if r["workflow_id"] == "translator"]
     assert all(r["tokens_used"] > 0 and r["cost"] > 0 and r["metadata"]["workflow_run_id"] for r in mocked)

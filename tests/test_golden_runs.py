@@ -52,7 +52,7 @@ def test_a_500_row_golden_csv_checks_every_row_against_its_own_value(tmp_path: P
     r007 = results["r007"]
     assert r007["checks"] == [{"name": "equals", "passed": False, "score": 0.0, "reason":
                                "output 'answer' should equal 'mock answer: other 7', got 'mock answer: question 7'",
-                               "tokens": 0, "cost": None}]
+                               "tokens": 0, "cost": None, "turn": None}]
     rows = list(csv.DictReader(io.StringIO((run_dir / "results.csv").read_text())))
     assert len(rows) == 500 and {(r["check_equals"], r["score_equals"]) for r in rows} == {("pass", "1.0000"),
                                                                                           ("fail", "0.0000")}

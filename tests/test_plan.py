@@ -19,9 +19,9 @@ def test_demo_plan_loads_and_expands() -> None:
     manifest = expand(loaded)
     assert loaded.case_count == len(manifest.cases) == 22
     assert manifest.cases[0].task_id == "translator/smoke/hello"
-    assert {t.dataset for t in manifest.cases} == {"smoke", "questions", "golden"}
+    assert {t.dataset for t in manifest.cases} == {"smoke", "questions", "golden", "conversation"}
     # grader is a judge: it grades the golden set and runs no dataset itself.
-    assert {t.workflow_id for t in manifest.cases} == {"translator", "offline"}
+    assert {t.workflow_id for t in manifest.cases} == {"translator", "offline", "support"}
     golden = [t for t in manifest.cases if t.dataset == "golden"]
     assert golden[0].expect is not None and golden[0].expect.equals == "Mock answer: good morning French"
     assert "expected" not in golden[0].parameters
