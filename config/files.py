@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,13 +51,18 @@ class FileRef(BaseModel):
 
     @property
     def extension(self) -> str:
-        source = self.name or (self.url or "").split("?")[0]
-        return source.rsplit(".", 1)[-1].lower() if "." in source else ""
+        return extension_of(self.name or self.url or "")
+
+
+def extension_of(name: str) -> str:
+    """A file name's or URL's extension, lower case, without the dot ("" when it has none)."""
+    name = name.split("?")[0]
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
 def file_type_of(name: str) -> FileType:
-    """Dify's type for a file name (its extension), ``custom`` when none fits."""
-    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    """Dify's type for a file name or URL (its extension), ``custom`` when none fits."""
+    extension = extension_of(name)
     for kind, extensions in EXTENSIONS.items():
         if extension in extensions:
             return kind  # type: ignore[return-value]
@@ -78,11 +83,10 @@ def resolve_files(value: Any, plan_dir: Path, roots: list[Path], staged: dict[st
     source, kind = value["file"], value.get("type")
     if not isinstance(source, str) or not source:
         raise ValueError(f"file: {source!r} is not a path or an http(s) URL")
-    if kind is not None and kind not in ("image", "document", "audio", "video", "custom"):
-        raise ValueError(f"type: {kind!r} is not one of image, document, audio, video, custom")
+    if kind is not None and kind not in get_args(FileType):
+        raise ValueError(f"type: {kind!r} is not one of {', '.join(get_args(FileType))}")
     if source.startswith(("http://", "https://")):
-        return {FILE_MARKER: FileRef(type=kind or file_type_of(source.split("?")[0]), url=source).model_dump(
-            exclude_none=True)}
+        return {FILE_MARKER: FileRef(type=kind or file_type_of(source), url=source).model_dump(exclude_none=True)}
     path = Path(source) if Path(source).is_absolute() else plan_dir / source
     real = path.resolve()
     if not any(real.is_relative_to(root) for root in roots):

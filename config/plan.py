@@ -28,6 +28,14 @@ Behavior = Literal["success", "failure", "timeout", "error"]
 AppMode = Literal["workflow", "advanced-chat", "chat", "agent-chat", "completion"]
 APP_MODE_ALIASES = {"chatflow": "advanced-chat", "chatbot": "chat", "agent": "agent-chat"}
 CHAT_MODES = frozenset({"advanced-chat", "chat", "agent-chat"})
+AppApi = Literal["workflow", "chat", "completion"]
+
+
+def api_of(app_mode: str | None) -> AppApi:
+    """The API family an app mode answers on (None: a workflow, the default)."""
+    if app_mode in CHAT_MODES:
+        return "chat"
+    return "completion" if app_mode == "completion" else "workflow"
 _FLAKY = re.compile(r"^flaky:(\d{1,3})$")
 
 
@@ -152,11 +160,9 @@ class WorkflowConfig(StrictModel):
         return self.base_url == MOCK_TARGET
 
     @property
-    def api(self) -> Literal["workflow", "chat", "completion"]:
+    def api(self) -> AppApi:
         """The API family of the app: how a case is sent and its answer read."""
-        if self.app_mode in CHAT_MODES:
-            return "chat"
-        return "completion" if self.app_mode == "completion" else "workflow"
+        return api_of(self.app_mode)
 
     @field_validator("app_mode", mode="before")
     @classmethod

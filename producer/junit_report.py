@@ -18,6 +18,7 @@ from xml.sax.saxutils import quoteattr
 
 from junitparser import Error, Failure, Properties, Property, Skipped, TestCase
 
+from ..worker.checks import failure_reason
 from ..worker.models import TestResult, TestStatus
 from .summary import task_status_of
 
@@ -94,8 +95,7 @@ def junit_case(result: TestResult) -> TestCase:
     elif result.status is TestStatus.FAILED:
         failed = [c for c in result.checks if not c.passed]
         if failed:  # the failing checks' reasons, and the first one's name as the type
-            message = "; ".join((f"turn {c.turn}: " if c.turn else "") + (c.reason or f"{c.name} failed")
-                                for c in failed)
+            message = "; ".join(failure_reason(c) for c in failed)
         case.result = [Failure(message, type_=f"check:{failed[0].name}" if failed else "failed")]
     elif result.status is not TestStatus.SUCCESS:
         case.result = [Error(message, type_=status)]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import get_args
 
 from rich.console import Console
 
+from ..config.plan import AppMode
 from ..config.settings import Settings
 from .outcome import EXIT_OK, UsageError
 
@@ -35,9 +37,7 @@ DEFAULT_MOCK_APPS = {"app-chat": "chat", "app-chatflow": "advanced-chat", "app-a
 
 def _app_option(value: str) -> tuple[str, str]:
     key, sep, mode = value.partition("=")
-    modes = ("workflow", "chat", "advanced-chat", "agent-chat", "completion")
+    modes = get_args(AppMode)
     if not sep or not key or mode not in modes:
         raise UsageError(f"--app {value!r}: expected KEY=MODE with MODE one of {', '.join(modes)}")
     return key, mode
-
-

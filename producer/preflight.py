@@ -34,7 +34,7 @@ import httpx
 from ..config.checks import OpenAIJudge
 from ..config.errors import PlanError
 from ..config.manifest import Task
-from ..config.plan import CHAT_MODES, WorkflowConfig
+from ..config.plan import WorkflowConfig, api_of
 from ..config.settings import mask_url
 from .preflight_files import file_problem
 
@@ -102,16 +102,17 @@ def _check_workflow(
     if problem is not None:
         return [problem], []
     mode = info.get("mode")
-    if isinstance(mode, str) and mode in MODE_API:
+    # A mode this version of dify-runner does not know gives no verdict.
+    api = api_of(mode) if isinstance(mode, str) and mode in MODE_API else None
+    if api is not None:
         planned = workflow.app_mode
-        if planned is not None and planned != mode and not (planned in CHAT_MODES and mode in CHAT_MODES):
+        if planned is not None and api_of(planned) != api:
             return [f"{name}: the app at {url} ({info.get('name')!r}) is a {mode!r} app, but the plan says app_mode: "
                     f"{planned}; it answers on {MODE_API[mode]}"], []
         modes[workflow.id] = mode
         if mode == "agent-chat" and workflow.response_mode == "blocking":
             return [f"{name}: the app at {url} is an agent app, which Dify runs only in streaming mode: "
                     "set response_mode: streaming"], []
-    api = workflow.model_copy(update={"app_mode": mode}).api if isinstance(mode, str) and mode in MODE_API else "?"
     talks = [t.case_id for t in tasks if t.turns]
     if talks and api in ("workflow", "completion"):
         return [f"{name}: {_cases(talks)} are conversations (turns), but the app at {url} is a {mode!r} app: only "

@@ -74,21 +74,18 @@ def run_conversation(run_id: str, task: Task, attempt: int, state: ConversationS
         turn = task.turns[index]
         try:
             answer = send(turn, progress.conversation_id)
-        except DifyAPIError as exc:
-            if progress.conversation_id and exc.code in GONE_CODES:
-                reason = (f"turn {index + 1}: Dify no longer has conversation {progress.conversation_id} "
-                          f"({exc}); the next attempt starts the whole conversation again")
-                state.save(run_id, task.task_id, ConversationProgress(restarts=progress.restarts + 1,
-                                                                      restart_reason=reason))
-                gone = TaskExecutionException(reason, retryable=True)
-                gone.turns = list(progress.turns)  # type: ignore[attr-defined]
-                raise gone from None
-            exc.turns = list(progress.turns)  # type: ignore[attr-defined]
-            raise
         except BaseException as exc:
             # The turns that passed stay in the case's result if this attempt is its last.
             exc.turns = list(progress.turns)  # type: ignore[attr-defined]
-            raise
+            if not (isinstance(exc, DifyAPIError) and progress.conversation_id and exc.code in GONE_CODES):
+                raise
+            reason = (f"turn {index + 1}: Dify no longer has conversation {progress.conversation_id} "
+                      f"({exc}); the next attempt starts the whole conversation again")
+            state.save(run_id, task.task_id, ConversationProgress(restarts=progress.restarts + 1,
+                                                                  restart_reason=reason))
+            gone = TaskExecutionException(reason, retryable=True)
+            gone.turns = exc.turns  # type: ignore[attr-defined]
+            raise gone from None
         result = _turn_result(index + 1, turn, answer, attempt)
         if turn.expect is not None:
             inputs = {**task.parameters, **turn.inputs, "query": turn.query}
@@ -108,17 +105,9 @@ def run_conversation(run_id: str, task: Task, attempt: int, state: ConversationS
 def partial_result(task: Task, status: TestStatus, started_at: datetime, turns: list[TurnResult]) -> TestResult:
     """The result of a case that returned nothing: its inputs, so reports show what was sent, and
     for a conversation the turns Dify answered before it failed (their tokens and cost were spent)."""
-    costs = [t.cost for t in turns]
     return TestResult(workflow_id=task.workflow_id, execution_id=task.task_id, timestamp=started_at, status=status,
                       inputs=task.parameters, turns=turns, tokens_used=sum(t.tokens_used for t in turns),
-                      cost=None if any(c is None for c in costs) else sum(c for c in costs if c is not None))
-
-
-def failed_turns(turns: list[TurnResult]) -> str | None:
-    """``turn 2: <reasons>; turn 3: ...`` for the turns whose checks failed, else None."""
-    parts = [f"turn {t.index}: " + "; ".join(c.reason or f"{c.name} failed" for c in t.checks if not c.passed)
-             for t in turns if not t.passed]
-    return "expectation failed: " + "; ".join(parts) if parts else None
+                      cost=_total_cost(turns))
 
 
 def _turn_result(index: int, turn: TurnConfig, answer: dict[str, Any], attempt: int) -> TurnResult:
@@ -134,12 +123,12 @@ def _turn_result(index: int, turn: TurnConfig, answer: dict[str, Any], attempt: 
 def _case_result(progress: ConversationProgress) -> dict[str, Any]:
     turns = progress.turns
     last = turns[-1]
-    costs = [t.cost for t in turns]
+    cost = _total_cost(turns)
     result: dict[str, Any] = {
         "status": "succeeded",
         "outputs": {"answer": last.answer or ""},
         "total_tokens": sum(t.tokens_used for t in turns),
-        "cost": None if any(c is None for c in costs) else round(sum(c for c in costs if c is not None), 10),
+        "cost": None if cost is None else round(cost, 10),
         "latency": round(sum(t.latency for t in turns), 6),
         "ttft": turns[0].ttft,
         "conversation_id": progress.conversation_id,
@@ -150,3 +139,8 @@ def _case_result(progress: ConversationProgress) -> dict[str, Any]:
         result["conversation_restart_reason"] = progress.restart_reason
     return result
 
+
+def _total_cost(turns: list[TurnResult]) -> float | None:
+    """The turns' summed cost; unknown (None) when one turn's is, never counted as free."""
+    costs = [t.cost for t in turns]
+    return None if any(c is None for c in costs) else sum(c for c in costs if c is not None)

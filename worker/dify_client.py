@@ -47,8 +47,6 @@ STOP_TIMEOUT = 5.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
-
-
 class AnswerReader(Protocol):
     """How one API's answer is read: ``dify/workflow.py`` and ``dify/messages.py`` provide one."""
 
@@ -275,8 +273,6 @@ class DifyClient:
             return f"stop failed: HTTP {exc.response.status_code}"
         except httpx.HTTPError as exc:
             return f"stop failed: {type(exc).__name__}"
-
-
 
 
 def _timed(parsed: dict[str, Any], started: float, written_at: float | None) -> None:

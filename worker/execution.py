@@ -25,19 +25,20 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ..config.expectations import Expectations
 from ..config.manifest import Task
 from ..config.plan import StubConfig
 from ..config.settings import key_variable_refusal
 from .checks import Judge, evaluate, failure_message
 from .checks.judge import judge_check
-from .conversation import failed_turns
+from .conversation import Grade
 from .deadline import Deadline
 from .dify_answers import AnswerKind
 from .dify_apps import SharedState, call_app
 from .dify_client import ConfigurationError, DifyClient
 from .exceptions import TaskCancelledException, TaskExecutionException, TaskTimeoutException
 from .messages import CaseMessage
-from .models import TaskStatus, TestResult, TestStatus, TurnResult
+from .models import CheckResult, TaskStatus, TestResult, TestStatus, TurnResult
 from .stub import run_stub
 
 ExecutionFunc = Callable[..., Any]
@@ -113,10 +114,15 @@ def run_attempt(
         client = dify()
         dify = lambda: client  # noqa: E731
     deadline = Deadline(message.policy.timeout_per_task)
+
+    def grade(expect: Expectations, result: TestResult, latency: float) -> list[CheckResult]:
+        """Every check of ``expect``, with the case's judge sharing the attempt's deadline."""
+        return evaluate(expect, result, latency, _judge(message, deadline, dify))
+
     started_at = now_fn()
     clock = time.monotonic()
     try:
-        value = _call_target(message, task, deadline, dify, hooks, cancelled, shared or SharedState())
+        value = _call_target(message, task, deadline, dify, hooks, cancelled, shared or SharedState(), grade)
         latency = time.monotonic() - clock  # the call to the target only
         if isinstance(value, dict) and isinstance(value.get("latency"), float):
             latency = value["latency"]  # the Dify client's: from the request written (dify_client._timed)
@@ -124,9 +130,9 @@ def run_attempt(
         status = _STATUS_FROM_TEST[test_result.status]
         error = test_result.error_message
         if status is TaskStatus.SUCCEEDED and (task.expect is not None or test_result.turns):
-            own = evaluate(task.expect, test_result, latency, _judge(message, deadline, dify)) if task.expect else []
+            own = grade(task.expect, test_result, latency) if task.expect else []
             test_result.checks = [c for turn in test_result.turns for c in turn.checks] + own
-            failed = "; ".join(m for m in (failed_turns(test_result.turns), failure_message(own)) if m) or None
+            failed = failure_message(test_result.checks)
             if failed:  # judged, not broken: not retried
                 return AttemptOutcome(TaskStatus.FAILED, started_at, latency, failed, retryable=False,
                                       test_result=test_result)
@@ -177,6 +183,7 @@ def _call_target(
     hooks: RunHooks | None,
     cancelled: Callable[[], bool] | None,
     shared: SharedState,
+    grade: Grade,
 ) -> Any:
     if message.executor == "hook":
         if hooks is None or hooks.execution_func is None:
@@ -210,8 +217,7 @@ def _call_target(
             f"environment variable {workflow.api_key_env} (the API key of workflow "
             f"{workflow.id!r}) is not set in this worker", kind=AnswerKind.REJECTED
         )
-    return call_app(message, task, api_key, deadline, dify(), cancelled, shared,
-                    lambda expect, result, latency: evaluate(expect, result, latency, _judge(message, deadline, dify)))
+    return call_app(message, task, api_key, deadline, dify(), cancelled, shared, grade)
 
 
 def _to_test_result(value: Any, task: Task, started_at: datetime) -> TestResult:

@@ -15,7 +15,7 @@ from ..models import CheckResult, TestResult
 from . import match
 from .similarity import CheckUnavailable, similarity_check
 
-__all__ = ["CheckUnavailable", "Judge", "check", "evaluate", "failure_message"]
+__all__ = ["CheckUnavailable", "Judge", "check", "evaluate", "failure_message", "failure_reason"]
 
 # Grades one answer: (the plan's judge check, the case's inputs, the answer) -> CheckResult.
 Judge = Callable[[Any, dict[str, Any], str], CheckResult]
@@ -48,12 +48,17 @@ def evaluate(expect: Expectations, result: TestResult, latency: float, judge: Ju
     return checks
 
 
+def failure_reason(check: CheckResult) -> str:
+    """Why a check failed, with the conversation turn it read (``turn 2: ...``) when it read one."""
+    return (f"turn {check.turn}: " if check.turn else "") + (check.reason or f"{check.name} failed")
+
+
 def failure_message(checks: list[CheckResult]) -> str | None:
     """``expectation failed: <reasons>`` when a check failed, else None."""
-    reasons = [c.reason or f"{c.name} failed" for c in checks if not c.passed]
+    reasons = [failure_reason(c) for c in checks if not c.passed]
     return "expectation failed: " + "; ".join(reasons) if reasons else None
 
 
 def check(expect: Expectations, result: TestResult, latency: float, judge: Judge | None = None) -> list[str]:
     """The expectations ``result`` misses, each as a sentence; empty when it passes."""
-    return [c.reason or f"{c.name} failed" for c in evaluate(expect, result, latency, judge) if not c.passed]
+    return [failure_reason(c) for c in evaluate(expect, result, latency, judge) if not c.passed]

@@ -106,8 +106,6 @@ def json_object(raw: bytes | str, what: str) -> dict[str, Any]:
     return value
 
 
-
-
 def timeout_error(deadline: Deadline) -> TaskTimeoutException:
     return TaskTimeoutException(f"no complete answer within timeout_per_task ({deadline.seconds:g} s)")
 
