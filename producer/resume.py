@@ -29,7 +29,7 @@ from ..worker.live_messages import live_messages
 from ..worker.messages import CaseMessage
 from ..worker.statistics import BatchSummary
 from ..worker.store import PUBLISHED, PUBLISHING, RunStore
-from .submission import AfterChord, ManifestHeader, publish
+from .submission import AfterChord, ManifestHeader, publish, stage_files
 from .summary import task_status_of
 
 KEPT = frozenset({"succeeded", "failed", "timeout", "error"})
@@ -87,6 +87,8 @@ def resume_run(app: Celery, store: RunStore, run_id: str, manifest_file: Path, r
         raise PlanError(str(manifest_file), [f"holds {len(cases)} cases, its header says {header.total}: "
                                              "it was not written whole"])
     planned_batches = 1 + max((m.batch for m in cases), default=-1)
+    # The files may never have been staged (a producer killed first) or have expired.
+    stage_files(store, run_id, header.files)
     info = store.get_run(run_id)
     if info is None:  # Redis lost the run's state: start it again from the manifest
         # Cases that ended after the loss recorded their results in their batches: keep them.

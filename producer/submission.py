@@ -43,6 +43,8 @@ class ManifestHeader(BaseModel):
     total: int
     batch_size: int
     pass_rate: float = 1.0
+    # Local file inputs (sha256 -> path): resume stages them again where Redis lost them.
+    files: dict[str, str] = {}
 
 
 def attempt_policy(manifest: RunManifest) -> AttemptPolicy:
@@ -143,16 +145,21 @@ def create_run(store: RunStore, manifest: RunManifest, executor: str = "plan",
         with partial.open("w", encoding="utf-8") as out:
             header = ManifestHeader(run_id=manifest.run_id, plan_name=manifest.plan_name,
                                     total=len(manifest.cases), batch_size=manifest.execution_policy.batch_size,
-                                    pass_rate=manifest.gates.pass_rate)
+                                    pass_rate=manifest.gates.pass_rate, files=manifest.files)
             out.write(header.model_dump_json() + "\n")
             for messages in case_messages(manifest, executor):
                 out.writelines(m.model_dump_json() + "\n" for m in messages)
         partial.replace(manifest_file)  # a manifest on disk is always whole
-    if manifest.files:
-        stage(store.redis, manifest.run_id, read_staged_files(manifest.files), store.ttl)
+    stage_files(store, manifest.run_id, manifest.files)
     # The store times the run from now (the manifest's created_at may come from an injected clock).
     store.create_run(manifest.run_id, manifest.plan_name, len(manifest.cases), manifest.batch_count,
                      datetime.now(timezone.utc), manifest.gates.pass_rate, manifest.execution_policy.batch_size)
+
+
+def stage_files(store: RunStore, run_id: str, files: dict[str, str]) -> None:
+    """Put the run's local file inputs in Redis for its workers (worker/dify/files.py)."""
+    if files:
+        stage(store.redis, run_id, read_staged_files(files), store.ttl)
 
 
 def read_staged_files(files: dict[str, str]) -> dict[str, bytes]:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import redis
 from dify_runner.producer.embedded import EmbeddedRedis
 from dify_runner.worker.store import RunStore
+
+from dify_runner.mockdify.process import MockDifyProcess
 
 from ..conftest import Fleet, cli, stub_plan, wait_finished, write_plan
 
@@ -146,3 +149,35 @@ def test_wait_says_when_a_run_stalls(store: RunStore) -> None:
     store.count("stuck", "succeeded")
     with pytest.raises(RunStalled):
         wait_for_run(store, "stuck", poll_interval=0.05, stall_after=0.3)
+
+
+def test_resume_stages_the_runs_files_again(tmp_path: Path, fleet: Fleet, redis_url: str,
+                                            mock_dify: MockDifyProcess) -> None:
+    """A run's local files live in Redis until a worker uploads them; a resume puts them back
+    when they are gone (a producer killed before staging, a TTL that ran out)."""
+    (tmp_path / "note.txt").write_text("resumed")
+    env = {"DIFY_CHAT_KEY": "app-chat"}
+    plan = {"name": "files", "workflows": [{"id": "bot", "base_url": mock_dify.base_url,
+                                            "api_key_env": "DIFY_CHAT_KEY", "app_mode": "chat"}],
+            "datasets": [{"name": "d", "cases": [{"id": "f", "query": "read", "files": [{"file": "note.txt"}],
+                                                  "expect": {"contains": "note.txt"}}]}]}
+    done = cli("submit", str(write_plan(tmp_path, plan)), "--broker", redis_url, "--out", str(tmp_path / "runs"),
+               env=env)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip().splitlines()[-1]
+    client = redis.Redis.from_url(redis_url)
+    staged = list(client.scan_iter(f"dify-runner:run:{run_id}:file:*"))
+    assert len(staged) == 1
+    client.delete(*staged)
+    with ThreadPoolExecutor(1) as pool:  # resume stages, publishes, then waits for the worker below
+        resuming = pool.submit(cli, "resume", run_id, "--broker", redis_url, "--out", str(tmp_path / "runs"), env=env)
+        while not list(client.scan_iter(f"dify-runner:run:{run_id}:file:*")) and not resuming.done():
+            time.sleep(0.05)
+        assert list(client.scan_iter(f"dify-runner:run:{run_id}:file:*")) == staged
+        fleet.start(1, concurrency=2, env=env)
+        resumed = resuming.result()
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    info = wait_finished(RunStore(client), run_id)
+    (result,) = list(RunStore(client).iter_test_results(run_id, info.batch_count))
+    assert result.status.value == "success", result.error_message
+    assert mock_dify.stats()["paths"]["/v1/files/upload"] == 1
